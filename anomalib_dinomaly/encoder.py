@@ -1,0 +1,345 @@
+"""Frozen DINOv2 encoder: named variants, DINOv2-style position-embedding interpolation, weight loading.
+
+The network itself is timm's ``VisionTransformer`` (same blocks, LayerScale and names as Meta's
+DINOv2). Only the token preparation is ours, because timm resamples position embeddings with
+``size=(h, w)`` and antialiasing, while DINOv2 (and so Dinomaly) uses ``scale_factor=(h+0.1)/M``
+without antialiasing; the two differ by up to 0.4 on the golden weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F  # noqa: N812
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PATCH_SIZE = 14
+PRETRAINING_GRID = 37  # DINOv2 was trained at 518 px = 37 x 37 patches
+DEFAULT_ENCODER = "dinov2reg_vit_base_14"
+
+
+@dataclass(frozen=True)
+class EncoderVariant:
+    """A published DINOv2 variant: its architecture, default Dinomaly layers and where its weights live."""
+
+    timm_name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    num_register_tokens: int
+    target_layers: tuple[int, ...]
+    meta_checkpoint: str
+
+    @property
+    def hub_url(self) -> str:
+        """Hugging Face page of the timm weights."""
+        return f"https://huggingface.co/timm/{self.timm_name}"
+
+    @property
+    def meta_url(self) -> str:
+        """Download URL of Meta's original checkpoint."""
+        folder = self.meta_checkpoint.split("_")[0] + "_" + self.meta_checkpoint.split("_")[1]
+        return f"https://dl.fbaipublicfiles.com/dinov2/{folder}/{self.meta_checkpoint}"
+
+
+_SMALL_BASE_LAYERS = (2, 3, 4, 5, 6, 7, 8, 9)
+_LARGE_LAYERS = (4, 6, 8, 10, 12, 14, 16, 18)
+
+# Names follow the official Dinomaly code (``dinov2reg_vit_base_14``); timm names are accepted too.
+ENCODER_VARIANTS: dict[str, EncoderVariant] = {
+    "dinov2_vit_small_14": EncoderVariant(
+        "vit_small_patch14_dinov2.lvd142m", 384, 12, 6, 0, _SMALL_BASE_LAYERS, "dinov2_vits14_pretrain.pth"
+    ),
+    "dinov2reg_vit_small_14": EncoderVariant(
+        "vit_small_patch14_reg4_dinov2.lvd142m", 384, 12, 6, 4, _SMALL_BASE_LAYERS, "dinov2_vits14_reg4_pretrain.pth"
+    ),
+    "dinov2_vit_base_14": EncoderVariant(
+        "vit_base_patch14_dinov2.lvd142m", 768, 12, 12, 0, _SMALL_BASE_LAYERS, "dinov2_vitb14_pretrain.pth"
+    ),
+    "dinov2reg_vit_base_14": EncoderVariant(
+        "vit_base_patch14_reg4_dinov2.lvd142m", 768, 12, 12, 4, _SMALL_BASE_LAYERS, "dinov2_vitb14_reg4_pretrain.pth"
+    ),
+    "dinov2_vit_large_14": EncoderVariant(
+        "vit_large_patch14_dinov2.lvd142m", 1024, 24, 16, 0, _LARGE_LAYERS, "dinov2_vitl14_pretrain.pth"
+    ),
+    "dinov2reg_vit_large_14": EncoderVariant(
+        "vit_large_patch14_reg4_dinov2.lvd142m", 1024, 24, 16, 4, _LARGE_LAYERS, "dinov2_vitl14_reg4_pretrain.pth"
+    ),
+}
+_TIMM_ALIASES = {v.timm_name.split(".")[0]: k for k, v in ENCODER_VARIANTS.items()}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained encoder weights could not be obtained or loaded; the message says how to fix it."""
+
+
+def resolve_variant(name: str) -> EncoderVariant:
+    """Look up a DINOv2 variant by its Dinomaly name (``dinov2reg_vit_base_14``) or timm name.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    key = name.split(".")[0]
+    key = _TIMM_ALIASES.get(key, key)
+    if key not in ENCODER_VARIANTS:
+        known = ", ".join(sorted(ENCODER_VARIANTS)) + " (or their timm names: " + ", ".join(sorted(_TIMM_ALIASES)) + ")"
+        msg = f"Unknown encoder name {name!r}. Known encoders: {known}."
+        raise ValueError(msg)
+    return ENCODER_VARIANTS[key]
+
+
+def interpolate_pos_embed(
+    grid_pos_embed: torch.Tensor,
+    grid_size: tuple[int, int],
+    target_size: tuple[int, int],
+    offset: float = 0.1,
+) -> torch.Tensor:
+    """Resample a patch position-embedding grid the way DINOv2's ``interpolate_pos_encoding`` does.
+
+    Bicubic, no antialiasing, computed in float32 with ``scale_factor=(n + offset) / M`` (not a target
+    size, so PyTorch maps coordinates with ``M / (n + offset)``). Unlike DINOv2's code, the height
+    axis is scaled by the height (DINOv2 swaps the axes for non-square inputs); square inputs match
+    DINOv2 exactly.
+
+    Args:
+        grid_pos_embed: (1, M_h * M_w, D) patch position embeddings, row-major.
+        grid_size: (M_h, M_w) of the stored grid.
+        target_size: (h, w) patch grid of the input.
+        offset: DINOv2's interpolation offset (0.1); 0 means resample to exactly ``target_size``.
+
+    Returns:
+        (1, h * w, D) position embeddings in the dtype of ``grid_pos_embed``.
+    """
+    if tuple(grid_size) == tuple(target_size):
+        return grid_pos_embed
+    dim = grid_pos_embed.shape[-1]
+    grid = grid_pos_embed.float().reshape(1, grid_size[0], grid_size[1], dim).permute(0, 3, 1, 2)
+    if offset:
+        scale = ((target_size[0] + offset) / grid_size[0], (target_size[1] + offset) / grid_size[1])
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+    else:
+        grid = F.interpolate(grid, size=target_size, mode="bicubic", antialias=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(grid_pos_embed.dtype)
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file without executing code: safetensors, or a torch pickle under ``weights_only=True``.
+
+    Args:
+        path: ``*.safetensors`` (timm / Hugging Face) or ``*.pth`` / ``*.pt`` (Meta's DINOv2 release).
+
+    Returns:
+        The state dict (unwrapped from a ``state_dict`` / ``model`` / ``teacher`` entry if present).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        msg = f"Encoder weights file {str(path)!r} does not exist."
+        raise PretrainedWeightsError(msg)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state_dict = load_file(str(path))
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        msg = (
+            f"Could not read encoder weights from {str(path)!r} ({type(error).__name__}: {error}). "
+            "Expected a safetensors file or a plain PyTorch state dict (loaded with weights_only=True)."
+        )
+        raise PretrainedWeightsError(msg) from error
+    for wrapper in ("state_dict", "model", "teacher"):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    if not isinstance(state_dict, dict):
+        msg = f"{str(path)!r} does not hold a state dict (found {type(state_dict).__name__})."
+        raise PretrainedWeightsError(msg)
+    return state_dict
+
+
+class DinoV2Encoder(nn.Module):
+    """Frozen DINOv2 ViT returning raw block outputs (no final norm), as Dinomaly uses them.
+
+    Args:
+        name: variant name (see :data:`ENCODER_VARIANTS`), e.g. ``"dinov2reg_vit_base_14"``.
+        pretrained: download the published weights through timm (Hugging Face hub).
+        weights: a local weights file (timm/Hugging Face safetensors or Meta's ``dinov2_vit*14*_pretrain.pth``);
+            used instead of a download.
+        embed_dim, depth, num_heads, num_register_tokens: override the variant's architecture
+            (small random encoders for tests, or official checkpoints of another size).
+        pos_grid: side of the stored position-embedding grid (37 for DINOv2).
+        interpolate_offset: DINOv2's position-embedding interpolation offset.
+    """
+
+    def __init__(
+        self,
+        name: str = DEFAULT_ENCODER,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        num_register_tokens: int | None = None,
+        pos_grid: int = PRETRAINING_GRID,
+        interpolate_offset: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.variant = resolve_variant(name)
+        self.name = name
+        embed_dim = embed_dim or self.variant.embed_dim
+        num_heads = num_heads or self.variant.num_heads
+        if embed_dim % num_heads:
+            msg = f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}."
+            raise ValueError(msg)
+        registers = self.variant.num_register_tokens if num_register_tokens is None else num_register_tokens
+        self.vit: VisionTransformer = timm.create_model(
+            self.variant.timm_name.split(".")[0],
+            pretrained=False,
+            img_size=pos_grid * PATCH_SIZE,
+            dynamic_img_size=True,
+            embed_dim=embed_dim,
+            depth=depth or self.variant.depth,
+            num_heads=num_heads,
+            reg_tokens=registers,
+            no_embed_class=registers > 0,
+            num_classes=0,
+        )
+        self.pos_grid = pos_grid
+        self.interpolate_offset = interpolate_offset
+        if weights is not None:
+            self.load_pretrained(load_weights_file(weights), source=str(weights))
+        elif pretrained:
+            self._download_pretrained()
+        self.requires_grad_(False)
+
+    @property
+    def embed_dim(self) -> int:
+        """Token width D."""
+        return self.vit.embed_dim
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per block."""
+        return self.vit.blocks[0].attn.num_heads
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register tokens in front of the patch tokens."""
+        return self.vit.num_prefix_tokens
+
+    @property
+    def num_register_tokens(self) -> int:
+        """Register tokens (0 or 4 for the published models)."""
+        return self.vit.num_reg_tokens
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks kept (the encoder never runs past the last target layer)."""
+        return len(self.vit.blocks)
+
+    def keep_blocks(self, count: int) -> None:
+        """Drop the blocks after the first ``count`` and the final norm: Dinomaly never runs them."""
+        if not 0 < count <= len(self.vit.blocks):
+            msg = f"Cannot keep {count} blocks of an encoder with {len(self.vit.blocks)} blocks."
+            raise ValueError(msg)
+        self.vit.blocks = self.vit.blocks[:count]
+        self.vit.norm = nn.Identity()
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """Load timm-format or Meta-format DINOv2 weights strictly (the final norm may be absent)."""
+        converted = checkpoint_filter_fn(dict(state_dict), self.vit)
+        missing, unexpected = self.vit.load_state_dict(converted, strict=False)
+        missing = [key for key in missing if not key.startswith("norm.")]
+        unexpected = [key for key in unexpected if not key.startswith(("head.", "fc_norm."))]
+        if missing or unexpected:
+            msg = (
+                f"Weights from {source} do not fit encoder {self.name!r} "
+                f"(D={self.embed_dim}, depth={len(self.vit.blocks)}, registers={self.num_register_tokens}): "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. "
+                "Check that the file is the DINOv2 variant named by `encoder_name` (with or without registers)."
+            )
+            raise PretrainedWeightsError(msg)
+        logger.info("Loaded DINOv2 weights for %s from %s", self.name, source)
+
+    def _download_pretrained(self) -> None:
+        variant = self.variant
+        try:
+            reference = timm.create_model(
+                variant.timm_name, pretrained=True, img_size=self.pos_grid * PATCH_SIZE, num_classes=0
+            )
+        except Exception as error:
+            msg = (
+                f"Could not get the pretrained DINOv2 weights for encoder {self.name!r} "
+                f"({type(error).__name__}: {str(error)[:200]}).\n"
+                f"  They come from the Hugging Face hub ({variant.hub_url}, file model.safetensors) "
+                f"or from Meta ({variant.meta_url}).\n"
+                "  Download either file on a machine with internet access, copy it here and pass it as "
+                "`encoder_weights=/path/to/file` (CLI: --model.encoder_weights /path/to/file), "
+                "or set HF_HOME to a Hugging Face cache that already holds it.\n"
+                "  For a smoke test without weights, pass pretrained=False (random encoder: useless results)."
+            )
+            raise PretrainedWeightsError(msg) from error
+        self.load_pretrained(reference.state_dict(), source=variant.hub_url)
+
+    def patch_grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """(h, w) patch grid of a (B, 3, H, W) batch; H and W must be multiples of 14."""
+        height, width = images.shape[-2:]
+        if height % PATCH_SIZE or width % PATCH_SIZE:
+            msg = (
+                f"Input size {height}x{width} is not a multiple of the patch size {PATCH_SIZE}. "
+                "Use a crop/resize that is, e.g. 392 (= 28 x 14) or 448 (= 32 x 14)."
+            )
+            raise ValueError(msg)
+        return height // PATCH_SIZE, width // PATCH_SIZE
+
+    def prepare_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-embed and add position embeddings: ``[CLS, registers, patches]``.
+
+        Args:
+            images: (B, 3, H, W), H and W multiples of 14.
+
+        Returns:
+            (B, 1 + R + h*w, D) tokens; registers carry no position embedding, as in DINOv2.
+        """
+        grid = self.patch_grid(images)
+        patches = self.vit.patch_embed(images).flatten(1, 2)  # (B, h*w, D): timm returns NHWC here
+        pos_embed = self.vit.pos_embed
+        cls_token = self.vit.cls_token
+        if not self.vit.no_embed_class:
+            cls_token = cls_token + pos_embed[:, :1]
+            pos_embed = pos_embed[:, 1:]
+        pos = interpolate_pos_embed(pos_embed, (self.pos_grid, self.pos_grid), grid, self.interpolate_offset)
+        batch = images.shape[0]
+        tokens = [cls_token.expand(batch, -1, -1)]
+        if self.vit.reg_token is not None:
+            tokens.append(self.vit.reg_token.expand(batch, -1, -1))
+        tokens.append(patches + pos)
+        return torch.cat(tokens, dim=1)
+
+    def forward(self, images: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """Raw outputs of the requested blocks.
+
+        Args:
+            images: (B, 3, H, W) normalised images, H and W multiples of 14.
+            layers: block indices, ascending.
+
+        Returns:
+            One (B, 1 + R + h*w, D) tensor per requested layer.
+        """
+        x = self.prepare_tokens(images)
+        wanted = set(layers)
+        outputs = []
+        for index, block in enumerate(self.vit.blocks[: max(layers) + 1]):
+            x = block(x)
+            if index in wanted:
+                outputs.append(x)
+        return outputs

@@ -1,0 +1,105 @@
+"""Dinomaly's trainable layers: the noisy bottleneck, linear attention and the decoder block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from timm.layers import Mlp
+from torch import nn
+
+DECODER_NORM_EPS = 1e-8  # official decoder LayerNorm eps; the bottleneck output is small (~0.04), so it matters
+ATTENTION_EPS = 1e-6  # not in the official code, whose normaliser can underflow to 0 and give NaN
+
+
+class NoisyBottleneck(nn.Module):
+    """MLP whose dropout is the noise: ``drop -> fc1 -> GELU -> drop -> fc2 -> drop``.
+
+    timm's ``Mlp`` has no dropout on its input, which Dinomaly's ``bMlp`` has; hence this class.
+
+    Args:
+        dim: token width D.
+        hidden_dim: width of the hidden layer (4 * D in Dinomaly).
+        dropout: dropout probability, used at all three places (0.2; 0.4 for Real-IAD).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            msg = f"bottleneck dropout must be in [0, 1), got {dropout}."
+            raise ValueError(msg)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        x = self.act(self.fc1(self.drop(x)))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class LinearAttention(nn.Module):
+    """Multi-head linear attention with feature map ``elu(x) + 1`` and a per-query normaliser.
+
+    It cannot focus on a few tokens, so the decoder cannot copy an anomaly from its input to its
+    output ("identity mapping"); that is why Dinomaly uses it.
+
+    Args:
+        dim: token width D.
+        num_heads: attention heads (D must be divisible by it).
+        qkv_bias: bias in the qkv projection.
+        eps: added to the normaliser so it can never be 0.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, eps: float = ATTENTION_EPS) -> None:
+        super().__init__()
+        if dim % num_heads:
+            msg = f"dim {dim} is not divisible by num_heads {num_heads}."
+            raise ValueError(msg)
+        self.num_heads = num_heads
+        self.eps = eps
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, d)
+        q = F.elu(q) + 1.0
+        k = F.elu(k) + 1.0
+        kv = k.transpose(-2, -1) @ v  # (B, heads, d, d): sum over tokens of k v^T
+        normaliser = q @ k.sum(dim=-2).unsqueeze(-1)  # (B, heads, N, 1)
+        out = (q @ kv) * (1.0 / (normaliser + self.eps))
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm transformer block with linear attention; no LayerScale, dropout or drop-path.
+
+    Args:
+        dim: token width D.
+        num_heads: attention heads.
+        mlp_ratio: hidden width of the MLP relative to D.
+        qkv_bias: bias in the qkv projection.
+        norm_eps: LayerNorm epsilon (official: 1e-8).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = DECODER_NORM_EPS,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = LinearAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

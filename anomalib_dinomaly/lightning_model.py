@@ -1,0 +1,261 @@
+"""Dinomaly as an anomalib ``AnomalibModule``: defaults of the paper, optimiser, per-step schedule, steps."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
+from torch.optim import Optimizer
+from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
+
+from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
+from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
+from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
+from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LIGHTNING_DEFAULT_EPOCHS = 1000  # what Lightning trains when neither max_epochs nor max_steps is given
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        msg = f"Expected an int or (height, width), got {size}."
+        raise ValueError(msg)
+    return size
+
+
+class Dinomaly(AnomalibModule):
+    """Dinomaly: multi-class anomaly detection by loose reconstruction of frozen DINOv2 features.
+
+    Every default is the paper's (unified MVTec-AD / VisA setting).
+
+    Args:
+        encoder_name: DINOv2 variant, e.g. ``dinov2reg_vit_base_14`` (default), ``dinov2reg_vit_small_14``,
+            ``dinov2reg_vit_large_14``, or without registers ``dinov2_vit_base_14``; timm names work too.
+        pretrained: download the published DINOv2 weights (Hugging Face hub via timm).
+        encoder_weights: local weights file (timm/HF ``.safetensors`` or Meta's ``.pth``); no network needed.
+        embed_dim, depth, num_heads, num_register_tokens: override the encoder architecture (tests, other sizes).
+        target_layers: encoder blocks to reconstruct; the variant's default (ViT-S/B 2..9, ViT-L 4..18 step 2).
+        fuse_layer_encoder, fuse_layer_decoder: layer groups, ``[[0, 1, 2, 3], [4, 5, 6, 7]]``.
+        decoder_depth: linear-attention decoder blocks (8).
+        bottleneck_dropout: noisy-bottleneck dropout (0.2; 0.4 for Real-IAD).
+        image_size: resize before cropping (448).
+        crop_size: center crop fed to the model (392); ``None`` for no crop. Multiple of 14.
+        lr, final_lr, weight_decay, eps, warmup_steps: StableAdamW and warm-up + cosine schedule
+            (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step.
+        max_grad_norm: gradient-norm clip (0.1), used when the trainer sets none.
+        hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: ``p`` rises linearly to 0.9 over
+            1,000 steps; easy points keep 0.1 of their gradient.
+        default_max_steps: training length when the user gives neither max_steps nor max_epochs (10,000).
+        eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults).
+    """
+
+    def __init__(
+        self,
+        encoder_name: str = DEFAULT_ENCODER,
+        pretrained: bool = True,
+        encoder_weights: str | None = None,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        num_register_tokens: int | None = None,
+        target_layers: list[int] | None = None,
+        fuse_layer_encoder: list[list[int]] | None = None,
+        fuse_layer_decoder: list[list[int]] | None = None,
+        decoder_depth: int = 8,
+        bottleneck_dropout: float = 0.2,
+        image_size: int | tuple[int, int] = 448,
+        crop_size: int | tuple[int, int] | None = 392,
+        lr: float = 2e-3,
+        final_lr: float = 2e-4,
+        weight_decay: float = 1e-4,
+        eps: float = 1e-10,
+        warmup_steps: int = 100,
+        max_grad_norm: float = 0.1,
+        hard_mining_percent: float = 0.9,
+        hard_mining_ramp_steps: int = 1000,
+        hard_mining_factor: float = 0.1,
+        default_max_steps: int = 10_000,
+        eval_size: int | None = 256,
+        top_ratio: float = 0.01,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(image_size, crop_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if not 0.0 <= hard_mining_percent < 1.0:
+            msg = f"hard_mining_percent must be in [0, 1), got {hard_mining_percent}."
+            raise ValueError(msg)
+        encoder = DinoV2Encoder(
+            encoder_name,
+            pretrained=pretrained and encoder_weights is None,
+            weights=encoder_weights,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            num_register_tokens=num_register_tokens,
+        )
+        self.model = DinomalyModel(
+            encoder,
+            target_layers=target_layers,
+            fuse_layer_encoder=fuse_layer_encoder or DEFAULT_GROUPS,
+            fuse_layer_decoder=fuse_layer_decoder or DEFAULT_GROUPS,
+            decoder_depth=decoder_depth,
+            bottleneck_dropout=bottleneck_dropout,
+            anomaly_map_generator=AnomalyMapGenerator(eval_size=eval_size, top_ratio=top_ratio),
+        )
+        self.loss = GlobalCosineHardMiningLoss(factor=hard_mining_factor)
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: int | tuple[int, int] = 448,
+        crop_size: int | tuple[int, int] | None = 392,
+    ) -> PreProcessor:
+        """Resize to ``image_size``, center-crop ``crop_size``, ImageNet normalisation.
+
+        Raises:
+            ValueError: if the crop is larger than the image or the model input is not a multiple of 14.
+        """
+        image_size = _pair(image_size)
+        transforms: list = [Resize(image_size)]
+        input_size = image_size
+        if crop_size is not None:
+            input_size = _pair(crop_size)
+            if input_size[0] > image_size[0] or input_size[1] > image_size[1]:
+                msg = f"crop_size {input_size} is larger than image_size {image_size}."
+                raise ValueError(msg)
+            transforms.append(CenterCrop(input_size))
+        if input_size[0] % PATCH_SIZE or input_size[1] % PATCH_SIZE:
+            msg = (
+                f"The model input {input_size} (crop_size, or image_size without a crop) must be a multiple of "
+                f"the patch size {PATCH_SIZE}, e.g. 392 or 448."
+            )
+            raise ValueError(msg)
+        transforms.append(Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+        return PreProcessor(transform=Compose(transforms))
+
+    @property
+    def name(self) -> str:
+        """Results folder name; differs from anomalib's built-in ``Dinomaly`` so runs never mix."""
+        return "DinomalyPlugin"
+
+    @property
+    def learning_type(self) -> LearningType:
+        """Trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation; training length and clipping are handled in :meth:`setup` / clipping hook,
+        so that a user's ``max_steps`` / ``max_epochs`` / ``gradient_clip_val`` always win."""
+        return {"num_sanity_val_steps": 0}
+
+    def forward(self, batch: torch.Tensor, *args, **kwargs):  # noqa: ANN201
+        """Pre-process, predict, post-process a (B, C, H, W) batch with C in {1, 3, 4}; returns ``InferenceBatch``."""
+        return super().forward(DinomalyModel.to_three_channels(batch), *args, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        """Replace Lightning's implicit 1,000 epochs by the paper's ``default_max_steps`` (10,000) steps."""
+        if stage != "fit" or self._trainer is None:
+            return
+        trainer = self.trainer
+        implicit = (
+            trainer.max_steps == -1
+            and trainer.fit_loop.max_epochs == LIGHTNING_DEFAULT_EPOCHS
+            and not any(isinstance(callback, Timer) for callback in trainer.callbacks)
+        )
+        if implicit:
+            logger.info("No max_steps/max_epochs given: training the paper's %d steps.", self.hparams.default_max_steps)
+            trainer.fit_loop.max_epochs = -1
+            trainer.fit_loop.epoch_loop.max_steps = self.hparams.default_max_steps
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Global cosine loss with hard mining at ``p`` for the current optimizer step."""
+        del args, kwargs
+        encoder_groups, decoder_groups = self.model(batch.image)
+        p = hard_mining_percent(self.global_step, self.hparams.hard_mining_percent, self.hparams.hard_mining_ramp_steps)
+        loss = self.loss(encoder_groups, decoder_groups, p=p)
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Fill ``pred_score`` and ``anomaly_map`` so anomalib can fit thresholds and normalisation."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """StableAdamW on bottleneck and decoder; warm-up + cosine schedule stepped every optimizer step."""
+        params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        optimizer = StableAdamW(
+            params,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            eps=self.hparams.eps,
+            amsgrad=True,
+        )
+        total_steps = self.trainer.estimated_stepping_batches
+        if not 0 < total_steps < float("inf"):
+            total_steps = self.hparams.default_max_steps
+        scheduler = WarmupCosineLR(
+            optimizer,
+            total_steps=int(total_steps),
+            warmup_steps=self.hparams.warmup_steps,
+            final_lr_ratio=self.hparams.final_lr / self.hparams.lr,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the total gradient norm to 0.1 unless the trainer asks for something else."""
+        clip = self.hparams.max_grad_norm if gradient_clip_val is None else gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The encoder weights are in the state dict: reloading must not download or read them again."""
+        super().on_save_checkpoint(checkpoint)
+        hparams = checkpoint.get("hyper_parameters", {})
+        hparams["pretrained"] = False
+        hparams["encoder_weights"] = None
+
+
+def _register_on_import() -> None:
+    from anomalib_dinomaly.registry import register
+
+    register()
+
+
+_register_on_import()

@@ -1,0 +1,180 @@
+"""Official Dinomaly checkpoints (``guojiajeremy/Dinomaly``, ``ViTill.state_dict()``) to this package's model.
+
+The key conversion is a pure function; every official key is either mapped or dropped for a stated
+reason, and anything else is an error (no silent ``strict=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomalib_dinomaly.encoder import PATCH_SIZE, DinoV2Encoder, load_weights_file
+from anomalib_dinomaly.torch_model import DinomalyModel
+
+OFFICIAL_CONFIG_KEYS = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "num_register_tokens",
+    "patch_size",
+    "pos_grid",
+    "interpolate_offset",
+    "target_layers",
+    "fuse_layer_encoder",
+    "fuse_layer_decoder",
+    "decoder_depth",
+    "bottleneck_dropout",
+)
+
+#: The official ``dinomaly_mvtec_uni.py`` setting: ViT-B/14 with 4 registers.
+OFFICIAL_DEFAULT_CONFIG: dict[str, Any] = {
+    "embed_dim": 768,
+    "depth": 12,
+    "num_heads": 12,
+    "num_register_tokens": 4,
+    "patch_size": 14,
+    "pos_grid": 37,
+    "interpolate_offset": 0.1,
+    "target_layers": [2, 3, 4, 5, 6, 7, 8, 9],
+    "fuse_layer_encoder": [[0, 1, 2, 3], [4, 5, 6, 7]],
+    "fuse_layer_decoder": [[0, 1, 2, 3], [4, 5, 6, 7]],
+    "decoder_depth": 8,
+    "bottleneck_dropout": 0.2,
+}
+
+_VARIANT_BY_WIDTH = {384: "small", 768: "base", 1024: "large"}
+
+
+def complete_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The official defaults updated with ``config`` (extra keys, e.g. from the golden ``config.json``, are ignored).
+
+    Raises:
+        ValueError: a patch size other than 14.
+    """
+    merged = dict(OFFICIAL_DEFAULT_CONFIG)
+    if config:
+        merged.update({key: config[key] for key in OFFICIAL_CONFIG_KEYS if key in config})
+    if merged["patch_size"] != PATCH_SIZE:
+        msg = f"Only DINOv2's patch size {PATCH_SIZE} is supported, the config says {merged['patch_size']}."
+        raise ValueError(msg)
+    return merged
+
+
+def convert_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    num_register_tokens: int,
+    last_target_layer: int,
+) -> dict[str, torch.Tensor]:
+    """Map official ``ViTill`` keys to :class:`DinomalyModel` keys.
+
+    - ``encoder.*`` -> ``encoder.vit.*`` (timm layout): ``register_tokens`` -> ``reg_token``; with registers
+      the CLS position embedding is folded into ``cls_token`` (registers carry none, so timm stores the
+      patch grid alone), which is the same sum DINOv2 computes.
+    - ``bottleneck.0.*`` -> ``bottleneck.*``; ``decoder.*`` unchanged.
+    - Dropped because Dinomaly never uses them: ``encoder.mask_token``, the final ``encoder.norm.*``, and
+      encoder blocks after ``last_target_layer``.
+
+    Args:
+        state_dict: official state dict (a leading ``module.`` from DDP is accepted).
+        num_register_tokens: register tokens of the encoder (0 or 4).
+        last_target_layer: index of the last encoder block Dinomaly reads.
+
+    Returns:
+        A new state dict for :class:`DinomalyModel`.
+
+    Raises:
+        KeyError: an unknown key, or a required one missing.
+    """
+    source = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in source.items():
+        if key.startswith("encoder."):
+            name = key.removeprefix("encoder.")
+            if name == "mask_token" or name.startswith("norm."):
+                continue
+            if name.startswith("blocks."):
+                if int(name.split(".")[1]) <= last_target_layer:
+                    converted[f"encoder.vit.{name}"] = value
+            elif name.startswith("patch_embed."):
+                converted[f"encoder.vit.{name}"] = value
+            elif name == "register_tokens":
+                converted["encoder.vit.reg_token"] = value
+            elif name == "cls_token":
+                converted["encoder.vit.cls_token"] = value
+            elif name == "pos_embed":
+                converted["encoder.vit.pos_embed"] = value
+            else:
+                unknown.append(key)
+        elif key.startswith("bottleneck.0."):
+            converted[f"bottleneck.{key.removeprefix('bottleneck.0.')}"] = value
+        elif key.startswith("decoder."):
+            converted[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        msg = f"Unknown keys in the official checkpoint: {unknown[:10]}{'...' if len(unknown) > 10 else ''}."
+        raise KeyError(msg)
+    for required in ("encoder.vit.cls_token", "encoder.vit.pos_embed"):
+        if required not in converted:
+            msg = f"The official checkpoint has no {required.replace('vit.', '')!r}; is it a Dinomaly ViTill state dict?"
+            raise KeyError(msg)
+    if num_register_tokens > 0:
+        if "encoder.vit.reg_token" not in converted:
+            msg = f"The config says {num_register_tokens} register tokens but the checkpoint has no 'encoder.register_tokens'."
+            raise KeyError(msg)
+        pos_embed = converted["encoder.vit.pos_embed"]
+        converted["encoder.vit.cls_token"] = converted["encoder.vit.cls_token"] + pos_embed[:, :1]
+        converted["encoder.vit.pos_embed"] = pos_embed[:, 1:]
+    return converted
+
+
+def build_official_model(config: Mapping[str, Any] | None = None) -> DinomalyModel:
+    """A randomly initialised :class:`DinomalyModel` with the architecture of an official config."""
+    config = complete_config(config)
+    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
+    prefix = "dinov2reg" if config["num_register_tokens"] else "dinov2"
+    encoder = DinoV2Encoder(
+        f"{prefix}_vit_{width}_14",
+        pretrained=False,
+        embed_dim=config["embed_dim"],
+        depth=config["depth"],
+        num_heads=config["num_heads"],
+        num_register_tokens=config["num_register_tokens"],
+        pos_grid=config["pos_grid"],
+        interpolate_offset=config["interpolate_offset"],
+    )
+    return DinomalyModel(
+        encoder,
+        target_layers=config["target_layers"],
+        fuse_layer_encoder=config["fuse_layer_encoder"],
+        fuse_layer_decoder=config["fuse_layer_decoder"],
+        decoder_depth=config["decoder_depth"],
+        bottleneck_dropout=config["bottleneck_dropout"],
+    )
+
+
+def from_official_checkpoint(
+    checkpoint: str | Path | Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None = None,
+) -> DinomalyModel:
+    """Build a :class:`DinomalyModel` (eval mode) from an official Dinomaly checkpoint.
+
+    Args:
+        checkpoint: path to a ``.pth`` / ``.safetensors`` file (read without executing code), or a state dict,
+            in the official format (``encoder.*``, ``bottleneck.*``, ``decoder.*``).
+        config: architecture keys (see :data:`OFFICIAL_CONFIG_KEYS`); ``None`` = official ViT-B/14-reg4.
+
+    Returns:
+        The model with every official weight loaded strictly.
+    """
+    state_dict = load_weights_file(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+    config = complete_config(config)
+    model = build_official_model(config)
+    converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
+    model.load_state_dict(converted, strict=True)
+    return model.eval()

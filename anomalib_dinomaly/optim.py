@@ -1,0 +1,172 @@
+"""StableAdamW and the warm-up + cosine learning-rate schedule of the official Dinomaly training.
+
+Neither torch nor timm ships StableAdamW (AdamW with per-tensor update clipping by the RMS of
+``grad / denom``), so it is written here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class StableAdamW(Optimizer):
+    """AdamW whose step is divided by ``max(1, RMS(grad / denom) / clip_threshold)`` per tensor.
+
+    Per parameter, in order: decoupled weight decay ``p *= 1 - lr * wd``; Adam moments (with AMSGrad's
+    running maximum if enabled); ``denom = sqrt(v) / sqrt(1 - b2^t) + eps`` (eps after the bias
+    correction); ``rms = ||g / denom|| / sqrt(numel)`` on the current gradient;
+    ``p -= lr / (1 - b1^t) / max(1, rms / clip_threshold) * m / denom``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (2e-3).
+        betas: Adam betas (0.9, 0.999).
+        eps: added to the bias-corrected denominator (1e-10 unified, 1e-8 class-separated).
+        weight_decay: decoupled weight decay (1e-4).
+        amsgrad: use the running maximum of the second moment (True).
+        clip_threshold: RMS above which the step is scaled down (1.0).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-10,
+        weight_decay: float = 1e-4,
+        amsgrad: bool = True,
+        clip_threshold: float = 1.0,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or clip_threshold <= 0:
+            msg = f"Invalid StableAdamW setting: lr={lr}, eps={eps}, weight_decay={weight_decay}, clip={clip_threshold}."
+            raise ValueError(msg)
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            msg = f"Adam betas must be in [0, 1), got {betas}."
+            raise ValueError(msg)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "clip_threshold": clip_threshold,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One optimisation step over every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = state["step"]
+
+                param.mul_(1 - lr * weight_decay)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                second_moment = exp_avg_sq
+                if group["amsgrad"]:
+                    torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+                    second_moment = state["max_exp_avg_sq"]
+
+                bias_correction1 = 1 - beta1**step
+                bias_correction2 = 1 - beta2**step
+                denom = (second_moment.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+                rms = torch.div(grad, denom).pow(2).mean().sqrt().item()
+                state["last_rms"] = rms
+                scale = max(1.0, rms / group["clip_threshold"])
+                param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1 / scale)
+        return loss
+
+
+def warmup_cosine_lr(
+    step: int,
+    base_lr: float,
+    final_lr: float,
+    total_steps: int,
+    warmup_steps: int = 100,
+    warmup_start_lr: float = 0.0,
+) -> float:
+    """Learning rate used at optimizer step ``step`` (0-based) by the official ``WarmCosineScheduler``.
+
+    Linear warm-up ``linspace(warmup_start_lr, base_lr, warmup_steps)`` (its end point included), then
+    ``final + (base - final) * (1 + cos(pi * i / (total - warmup))) / 2``; ``final_lr`` after ``total_steps``.
+    """
+    if step >= total_steps:
+        return final_lr
+    if step < warmup_steps:
+        if warmup_steps == 1:
+            return base_lr
+        return warmup_start_lr + (base_lr - warmup_start_lr) * step / (warmup_steps - 1)
+    cosine_steps = total_steps - warmup_steps
+    progress = (step - warmup_steps) / cosine_steps
+    return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(LRScheduler):
+    """Per-step warm-up + cosine schedule; step it after every optimizer step.
+
+    The learning rate of each group follows :func:`warmup_cosine_lr` from the group's initial lr
+    down to ``final_lr_ratio`` times it (2e-3 -> 2e-4 in the paper).
+
+    Args:
+        optimizer: the wrapped optimizer.
+        total_steps: length of the cosine schedule, warm-up included (10,000 in the paper).
+        warmup_steps: linear warm-up length (100).
+        final_lr_ratio: final lr as a fraction of the initial lr (0.1).
+        warmup_start_lr: lr at step 0 (0).
+        last_epoch: index of the last step, for resuming (-1 for a fresh start).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 100,
+        final_lr_ratio: float = 0.1,
+        warmup_start_lr: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if total_steps <= 0 or warmup_steps < 0:
+            msg = f"total_steps must be positive and warmup_steps non-negative, got {total_steps}, {warmup_steps}."
+            raise ValueError(msg)
+        self.total_steps = total_steps
+        self.warmup_steps = min(warmup_steps, total_steps)
+        self.final_lr_ratio = final_lr_ratio
+        self.warmup_start_lr = warmup_start_lr
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # noqa: D102
+        return [
+            warmup_cosine_lr(
+                self.last_epoch,
+                base_lr,
+                base_lr * self.final_lr_ratio,
+                self.total_steps,
+                self.warmup_steps,
+                self.warmup_start_lr,
+            )
+            for base_lr in self.base_lrs
+        ]

@@ -1,0 +1,173 @@
+"""DinomalyModel: frozen encoder -> noisy bottleneck -> linear-attention decoder -> fused layer groups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator, AnomalyMaps
+from anomalib_dinomaly.encoder import DinoV2Encoder
+from anomalib_dinomaly.layers import DecoderBlock, NoisyBottleneck
+
+DEFAULT_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6, 7))
+
+
+def validate_groups(groups: Sequence[Sequence[int]], count: int, what: str) -> list[list[int]]:
+    """Check that layer groups index ``count`` layers; returns them as lists.
+
+    Raises:
+        ValueError: an empty group, or an index outside ``[0, count)``.
+    """
+    groups = [list(group) for group in groups]
+    if not groups or any(not group for group in groups):
+        msg = f"{what} must be a non-empty list of non-empty groups, got {groups}."
+        raise ValueError(msg)
+    bad = [index for group in groups for index in group if not 0 <= index < count]
+    if bad:
+        msg = f"{what} {groups} refers to layers {bad}, but only indices 0..{count - 1} exist."
+        raise ValueError(msg)
+    return groups
+
+
+def fuse_groups(layers: Sequence[torch.Tensor], groups: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Mean of the listed layers per group: G tensors (B, N, D) from a list of (B, N, D)."""
+    return [torch.stack([layers[index] for index in group], dim=1).mean(dim=1) for group in groups]
+
+
+class DinomalyModel(nn.Module):
+    """The Dinomaly network (Guo et al., CVPR 2025).
+
+    Args:
+        encoder: frozen DINOv2 encoder; blocks after the last target layer are dropped.
+        target_layers: encoder blocks whose outputs are reconstructed (ViT-S/B: 2..9; ViT-L: 4, 6, ..., 18).
+        fuse_layer_encoder: groups of indices into ``target_layers``, averaged into the encoder maps.
+        fuse_layer_decoder: groups of indices into the decoder outputs, taken in reverse order
+            (index 0 = the last decoder block), averaged into the decoder maps.
+        decoder_depth: number of linear-attention decoder blocks (8).
+        bottleneck_dropout: dropout of the noisy bottleneck (0.2; 0.4 for Real-IAD).
+        mlp_ratio: hidden width of bottleneck and decoder MLPs relative to D (4).
+        anomaly_map_generator: map and score computation; the paper's evaluation by default.
+    """
+
+    def __init__(
+        self,
+        encoder: DinoV2Encoder,
+        target_layers: Sequence[int] | None = None,
+        fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
+        fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
+        decoder_depth: int = 8,
+        bottleneck_dropout: float = 0.2,
+        mlp_ratio: float = 4.0,
+        anomaly_map_generator: AnomalyMapGenerator | None = None,
+    ) -> None:
+        super().__init__()
+        target_layers = list(encoder.variant.target_layers if target_layers is None else target_layers)
+        if not target_layers or target_layers != sorted(set(target_layers)) or target_layers[0] < 0:
+            msg = f"target_layers must be distinct, ascending, non-negative block indices, got {target_layers}."
+            raise ValueError(msg)
+        if target_layers[-1] >= encoder.depth:
+            msg = f"target_layers {target_layers} exceed the encoder's {encoder.depth} blocks."
+            raise ValueError(msg)
+        if decoder_depth < 1:
+            msg = f"decoder_depth must be at least 1, got {decoder_depth}."
+            raise ValueError(msg)
+        self.fuse_layer_encoder = validate_groups(fuse_layer_encoder, len(target_layers), "fuse_layer_encoder")
+        self.fuse_layer_decoder = validate_groups(fuse_layer_decoder, decoder_depth, "fuse_layer_decoder")
+        if len(self.fuse_layer_encoder) != len(self.fuse_layer_decoder):
+            msg = (
+                f"fuse_layer_encoder has {len(self.fuse_layer_encoder)} groups but fuse_layer_decoder has "
+                f"{len(self.fuse_layer_decoder)}; each encoder group needs one decoder group."
+            )
+            raise ValueError(msg)
+        self.target_layers = target_layers
+
+        encoder.keep_blocks(target_layers[-1] + 1)
+        self.encoder = encoder
+        dim = encoder.embed_dim
+        self.bottleneck = NoisyBottleneck(dim, int(dim * mlp_ratio), bottleneck_dropout)
+        self.decoder = nn.ModuleList(
+            [DecoderBlock(dim, encoder.num_heads, mlp_ratio=mlp_ratio) for _ in range(decoder_depth)],
+        )
+        self.anomaly_map_generator = anomaly_map_generator or AnomalyMapGenerator()
+        self.init_trainable_weights()
+
+    def init_trainable_weights(self) -> None:
+        """Official init of bottleneck and decoder: Linear trunc-normal std 0.01 in [-0.03, 0.03], bias 0; LayerNorm 1/0."""
+        for module in [*self.bottleneck.modules(), *self.decoder.modules()]:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.01, a=-0.03, b=0.03)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def to_three_channels(images: torch.Tensor) -> torch.Tensor:
+        """Accept (B, 1, H, W) greyscale and (B, 4, H, W) RGBA; return (B, 3, H, W)."""
+        if images.ndim != 4:
+            msg = f"Expected a (B, C, H, W) image batch, got a tensor of shape {tuple(images.shape)}."
+            raise ValueError(msg)
+        channels = images.shape[1]
+        if channels == 3:
+            return images
+        if channels == 1:
+            return images.expand(-1, 3, -1, -1)
+        if channels == 4:
+            return images[:, :3]
+        msg = f"Expected 1 (greyscale), 3 (RGB) or 4 (RGBA) channels, got {channels} (shape {tuple(images.shape)})."
+        raise ValueError(msg)
+
+    def encode_decode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Fused encoder and decoder groups, as the official ``ViTill.forward`` returns them.
+
+        Args:
+            images: (B, 3, H, W) normalised images; H and W multiples of 14.
+
+        Returns:
+            ``(encoder_groups, decoder_groups)``: G tensors each, (B, D, H/14, W/14).
+        """
+        images = self.to_three_channels(images)
+        height, width = self.encoder.patch_grid(images)
+        with torch.no_grad():
+            encoder_layers = self.encoder(images, self.target_layers)
+        x = self.bottleneck(torch.stack(encoder_layers, dim=1).mean(dim=1))
+        decoder_layers = []
+        for block in self.decoder:
+            x = block(x)
+            decoder_layers.append(x)
+        decoder_layers.reverse()
+
+        prefix = self.encoder.num_prefix_tokens
+
+        def to_maps(groups: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [g[:, prefix:].transpose(1, 2).reshape(g.shape[0], -1, height, width) for g in groups]
+
+        return (
+            to_maps(fuse_groups(encoder_layers, self.fuse_layer_encoder)),
+            to_maps(fuse_groups(decoder_layers, self.fuse_layer_decoder)),
+        )
+
+    def anomaly_maps(self, images: torch.Tensor) -> AnomalyMaps:
+        """Every stage of the anomaly map (see :class:`AnomalyMaps`) for (B, C, H, W) normalised images."""
+        encoder_groups, decoder_groups = self.encode_decode(images)
+        return self.anomaly_map_generator.compute(encoder_groups, decoder_groups, tuple(images.shape[-2:]))
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Training: the fused groups for the loss. Evaluation: ``InferenceBatch(pred_score, anomaly_map)``.
+
+        Args:
+            images: (B, C, H, W) normalised images, C in {1, 3, 4}.
+
+        Returns:
+            In training mode ``(encoder_groups, decoder_groups)``; in eval mode an ``InferenceBatch`` with
+            ``pred_score`` (B,) and ``anomaly_map`` (B, 1, H, W).
+        """
+        encoder_groups, decoder_groups = self.encode_decode(images)
+        if self.training:
+            return encoder_groups, decoder_groups
+        anomaly_map, pred_score = self.anomaly_map_generator(encoder_groups, decoder_groups, tuple(images.shape[-2:]))
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
