@@ -1,0 +1,32 @@
+# Two commands do the whole set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# Users bring their own torch; this pair installs from local disk on the development machines.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+DATA ?= ../shared/data/mvtec_ad
+CATEGORY ?= bottle
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+
+.PHONY: setup test demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python examples/demo.py --data $(DATA) --category $(CATEGORY) --output results/demo $(DEMO_ARGS)
+
+clean:
+	rm -rf results .pytest_cache
