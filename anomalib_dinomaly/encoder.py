@@ -255,17 +255,26 @@ class DinoV2Encoder(nn.Module):
 
     def load_pretrained(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         """Load timm-format or Meta-format DINOv2 weights strictly (the final norm may be absent)."""
-        converted = checkpoint_filter_fn(dict(state_dict), self.vit)
-        missing, unexpected = self.vit.load_state_dict(converted, strict=False)
-        missing = [key for key in missing if not key.startswith("norm.")]
-        unexpected = [key for key in unexpected if not key.startswith(("head.", "fc_norm."))]
-        if missing or unexpected:
+        problem = ""
+        try:
+            converted = checkpoint_filter_fn(dict(state_dict), self.vit)
+            missing, unexpected = self.vit.load_state_dict(converted, strict=False)
+        except (RuntimeError, ValueError, KeyError) as error:
+            problem = f"{type(error).__name__}: {str(error)[:300]}"
+        else:
+            missing = [key for key in missing if not key.startswith("norm.")]
+            unexpected = [key for key in unexpected if not key.startswith(("head.", "fc_norm."))]
+            if missing or unexpected:
+                problem = (
+                    f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                )
+        if problem:
             msg = (
                 f"Weights from {source} do not fit encoder {self.name!r} "
                 f"(D={self.embed_dim}, depth={len(self.vit.blocks)}, registers={self.num_register_tokens}): "
-                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. "
-                "Check that the file is the DINOv2 variant named by `encoder_name` (with or without registers)."
+                f"{problem}. Check that the file is the DINOv2 variant named by `encoder_name` "
+                "(size, and with or without registers)."
             )
             raise PretrainedWeightsError(msg)
         logger.info("Loaded DINOv2 weights for %s from %s", self.name, source)
