@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
 from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.metrics import CategoryEvaluator
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
 
@@ -66,7 +67,8 @@ class Dinomaly(AnomalibModule):
             1,000 steps; easy points keep 0.1 of their gradient.
         default_max_steps: training length when the user gives neither max_steps nor max_epochs (10,000).
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults; the
+            default evaluator is :class:`~anomalib_dinomaly.metrics.CategoryEvaluator`).
     """
 
     def __init__(
@@ -161,6 +163,11 @@ class Dinomaly(AnomalibModule):
             raise ValueError(msg)
         transforms.append(Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
         return PreProcessor(transform=Compose(transforms))
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """The paper's seven metrics per category and their unweighted mean, written as a table."""
+        return CategoryEvaluator()
 
     @property
     def name(self) -> str:
