@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
+from anomalib.metrics import Evaluator, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -166,8 +166,17 @@ class Dinomaly(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """The paper's seven metrics per category and their unweighted mean, written as a table."""
-        return CategoryEvaluator()
+        """The paper's seven metrics per category and their unweighted mean, written as a table.
+
+        anomalib's default thresholded F1 scores (``image_F1Score``, ``pixel_F1Score``) are kept: they rate the
+        post-processor's global threshold over all test images.
+        """
+        return CategoryEvaluator(
+            test_metrics=[
+                F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+                F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            ],
+        )
 
     @property
     def name(self) -> str:
