@@ -52,7 +52,7 @@ def unified(tmp_path_factory, mvtec_root, magnetic_tile_root):
         eval_batch_size=8,
         num_workers=0,
     )
-    thresholds = CategoryThresholds()
+    thresholds = CategoryThresholds(pixel=True)
     engine = Engine(
         default_root_dir=root,
         max_steps=STEPS,
@@ -104,17 +104,21 @@ def test_rows_equal_a_single_category_evaluation_of_the_same_model(unified, mvte
 
 def test_per_category_thresholds_and_exported_openvino_model(unified, monkeypatch, mvtec_root, magnetic_tile_root):
     thresholds = json.loads((unified.results_dir / "category_thresholds.json").read_text())
-    assert set(thresholds["raw"]["image"]) == set(thresholds["normalized"]["image"]) == set(CATEGORIES)
-    assert unified.thresholds.image == thresholds["raw"]["image"]
+    for level in ("image", "pixel"):
+        assert set(thresholds["raw"][level]) == set(thresholds["normalized"][level]) == set(CATEGORIES)
+    assert unified.thresholds.image_thresholds == thresholds["raw"]["image"]
     normalized = thresholds["normalized"]["image"]
 
     single = MultiClass(datamodules=category_datamodules(mvtec_root, magnetic_tile_root), eval_batch_size=1, num_workers=0)
     predictions = unified.engine.predict(model=unified.model, datamodule=single)
     assert len(predictions) == 22
+    pixel = thresholds["normalized"]["pixel"]
     for batch in predictions:  # labels set on raw scores = the file's thresholds on post-processed scores
         (category,), score = batch.category, float(batch.pred_score)
         if abs(score - normalized[category]) > 1e-5:
             assert bool(batch.pred_label) == (score > normalized[category]), batch.image_path
+        clear = (batch.anomaly_map - pixel[category]).abs() > 1e-5
+        assert torch.equal(batch.pred_mask[clear], (batch.anomaly_map > pixel[category])[clear])
 
     # The exported model (global post-processing baked in) gives the torch model's scores and maps, so the
     # per-category thresholds file applies to its output unchanged.

@@ -69,14 +69,14 @@ class CategoryThresholds(Callback):
         file_name: name of the JSON file written into the results folder.
 
     Attributes:
-        image, pixel_thresholds: raw-score thresholds ``{category: value}``.
+        image_thresholds, pixel_thresholds: raw-score thresholds ``{category: value}``.
     """
 
     def __init__(self, pixel: bool = False, file_name: str = THRESHOLDS_FILE) -> None:
         super().__init__()
-        self.pixel = pixel
+        self.fit_pixel = pixel
         self.file_name = file_name
-        self.image: dict[str, float] = {}
+        self.image_thresholds: dict[str, float] = {}
         self.pixel_thresholds: dict[str, float] = {}
         self._fitting: dict[str, tuple[F1AdaptiveThreshold, F1AdaptiveThreshold | None]] = {}
 
@@ -87,11 +87,11 @@ class CategoryThresholds(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Thresholds, saved in the checkpoint."""
-        return {"image": dict(self.image), "pixel": dict(self.pixel_thresholds)}
+        return {"image": dict(self.image_thresholds), "pixel": dict(self.pixel_thresholds)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Thresholds from a checkpoint."""
-        self.image = dict(state_dict.get("image", {}))
+        self.image_thresholds = dict(state_dict.get("image", {}))
         self.pixel_thresholds = dict(state_dict.get("pixel", {}))
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -120,7 +120,7 @@ class CategoryThresholds(Callback):
                 gt_mask=None if batch.gt_mask is None else batch.gt_mask[index],
             )
             if category not in self._fitting:
-                pixel = F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False) if self.pixel else None
+                pixel = F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False) if self.fit_pixel else None
                 self._fitting[category] = (F1AdaptiveThreshold(fields=["pred_score", "gt_label"]), pixel)
             image_metric, pixel_metric = self._fitting[category]
             image_metric.update(sample)
@@ -131,7 +131,7 @@ class CategoryThresholds(Callback):
         """Compute the thresholds of every category seen."""
         del trainer, pl_module
         for category, (image_metric, pixel_metric) in self._fitting.items():
-            self.image[category] = float(image_metric.compute())
+            self.image_thresholds[category] = float(image_metric.compute())
             if pixel_metric is not None and pixel_metric.update_called:
                 self.pixel_thresholds[category] = float(pixel_metric.compute())
         self._fitting = {}
@@ -176,11 +176,11 @@ class CategoryThresholds(Callback):
         self._label(trainer, pl_module, outputs if outputs is not None else batch)
 
     def _label(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:  # noqa: ANN401
-        if not self.image or batch.pred_score is None:
+        if not self.image_thresholds or batch.pred_score is None:
             return
         categories = self._categories(trainer, batch)
         post_processor = getattr(pl_module, "post_processor", None)
-        image = self._with_global(self.image, categories, post_processor, "image_threshold")
+        image = self._with_global(self.image_thresholds, categories, post_processor, "image_threshold")
         batch.pred_label = apply_thresholds(batch.pred_score.reshape(-1), categories, image)
         if self.pixel_thresholds and batch.anomaly_map is not None:
             pixel = self._with_global(self.pixel_thresholds, categories, post_processor, "pixel_threshold")
@@ -223,24 +223,24 @@ class CategoryThresholds(Callback):
         Without a normalising post-processor the raw thresholds are returned.
         """
         if not isinstance(post_processor, PostProcessor) or not post_processor.enable_normalization:
-            return dict(self.image), dict(self.pixel_thresholds)
-        image = torch.tensor(list(self.image.values()), dtype=torch.float32)
+            return dict(self.image_thresholds), dict(self.pixel_thresholds)
+        image = torch.tensor(list(self.image_thresholds.values()), dtype=torch.float32)
         pixel = torch.tensor(list(self.pixel_thresholds.values()), dtype=torch.float32)
         device = post_processor.image_min.device
         with torch.no_grad():
             output = post_processor(InferenceBatch(pred_score=image.to(device), anomaly_map=pixel.to(device)))
         return (
-            dict(zip(self.image, output.pred_score.cpu().tolist(), strict=True)),
+            dict(zip(self.image_thresholds, output.pred_score.cpu().tolist(), strict=True)),
             dict(zip(self.pixel_thresholds, output.anomaly_map.cpu().tolist(), strict=True)),
         )
 
     def write(self, trainer: Trainer, pl_module: LightningModule) -> Path | None:
         """Write ``{"raw": {...}, "normalized": {...}}`` thresholds as JSON into the results folder."""
-        if not self.image or not trainer.is_global_zero:
+        if not self.image_thresholds or not trainer.is_global_zero:
             return None
         image, pixel = self.normalized(getattr(pl_module, "post_processor", None))
         content = {
-            "raw": {"image": self.image, "pixel": self.pixel_thresholds},
+            "raw": {"image": self.image_thresholds, "pixel": self.pixel_thresholds},
             "normalized": {"image": image, "pixel": pixel},
         }
         path = Path(trainer.default_root_dir) / self.file_name
