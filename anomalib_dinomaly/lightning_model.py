@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
+from anomalib.metrics import Evaluator, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
 from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.metrics import CategoryEvaluator
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
 
@@ -66,7 +67,8 @@ class Dinomaly(AnomalibModule):
             1,000 steps; easy points keep 0.1 of their gradient.
         default_max_steps: training length when the user gives neither max_steps nor max_epochs (10,000).
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults; the
+            default evaluator is :class:`~anomalib_dinomaly.metrics.CategoryEvaluator`).
     """
 
     def __init__(
@@ -161,6 +163,20 @@ class Dinomaly(AnomalibModule):
             raise ValueError(msg)
         transforms.append(Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
         return PreProcessor(transform=Compose(transforms))
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """The paper's seven metrics per category and their unweighted mean, written as a table.
+
+        anomalib's default thresholded F1 scores (``image_F1Score``, ``pixel_F1Score``) are kept: they rate the
+        post-processor's global threshold over all test images.
+        """
+        return CategoryEvaluator(
+            test_metrics=[
+                F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+                F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            ],
+        )
 
     @property
     def name(self) -> str:
