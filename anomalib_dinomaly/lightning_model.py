@@ -141,6 +141,7 @@ class Dinomaly(AnomalibModule):
             anomaly_map_generator=AnomalyMapGenerator(eval_size=eval_size, top_ratio=top_ratio),
         )
         self.loss = GlobalCosineHardMiningLoss(factor=hard_mining_factor)
+        self._resumed_rng_state: dict[str, Any] | None = None
 
     @classmethod
     def configure_pre_processor(
@@ -281,14 +282,20 @@ class Dinomaly(AnomalibModule):
         checkpoint[RNG_STATE_KEY] = collect_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When training resumes, continue the saved random streams (dropout noise, data order).
-
-        Under DDP the checkpoint holds rank 0's state; seeded ranks share it, so every rank restores it.
-        """
+        """When training resumes, keep the saved random state for :meth:`on_train_start`."""
         super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get(RNG_STATE_KEY)
-        if state is not None and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            restore_rng_state(state)
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self._resumed_rng_state = checkpoint.get(RNG_STATE_KEY)
+
+    def on_train_start(self) -> None:
+        """Continue the random streams (dropout noise, data order) of the run being resumed.
+
+        Restored here rather than on loading, because Lightning draws random numbers while it sets up the
+        loops in between. Under DDP the checkpoint holds rank 0's state; seeded ranks share it.
+        """
+        if self._resumed_rng_state is not None:
+            restore_rng_state(self._resumed_rng_state)
+            self._resumed_rng_state = None
 
 
 def _register_on_import() -> None:
