@@ -21,6 +21,8 @@ _EXPORTS = {
     "StableAdamW": "anomalib_dinomaly.optim",
     "WarmupCosineLR": "anomalib_dinomaly.optim",
     "from_official_checkpoint": "anomalib_dinomaly.official",
+    "DinomalyPostProcessor": "anomalib_dinomaly.post_processor",
+    "DataCheckError": "anomalib_dinomaly.data_check",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

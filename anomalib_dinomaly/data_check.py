@@ -92,7 +92,8 @@ def _check_sample(image_path: str, mask_path: str | None) -> tuple[list[str], tu
         problems.append(
             f"{image_path}: {image.mode!r} image (16/32-bit or float). anomalib reads images with PIL's "
             "convert('RGB'), which clips values above 255, so this image would be used almost white. "
-            "Convert the images to 8 bit first, e.g. with numpy: (array / array.max() * 255).astype('uint8')."
+            "Convert the images to 8 bit first with one scaling for all of them, e.g. with numpy "
+            "(array >> 8).astype('uint8'), or >> 4 for a 12-bit camera."
         )
     if mask_path:
         try:
@@ -116,7 +117,9 @@ def _samples(dataset: Dataset) -> Iterator[tuple[str, str | None]]:
             yield from _samples(part)
         return
     if isinstance(dataset, Subset):
-        yield from _samples(dataset.dataset)
+        parent = list(_samples(dataset.dataset))
+        if parent:
+            yield from (parent[index] for index in dataset.indices)
         return
     samples = getattr(dataset, "samples", None)
     if samples is not None and "image_path" in getattr(samples, "columns", ()):
@@ -158,14 +161,19 @@ def check_samples(
         msg = f"{len(problems)} problem(s) in the data set files:\n  {listed}{more}"
         raise DataCheckError(msg)
     if min_size is not None:
-        small = [(path, size) for (path, _), (_, size) in zip(samples, results, strict=True)
-                 if size is not None and (size[1] < min_size[0] or size[0] < min_size[1])]
+        height, width = min_size
+        small = [
+            (path, size)
+            for (path, _), (_, size) in zip(samples, results, strict=True)
+            if size is not None and (size[0] < width or size[1] < height)
+        ]
         if small:
-            path, (width, height) = small[0]
+            path, size = small[0]
             logger.warning(
-                "%d image(s) are smaller than the model input %dx%d (e.g. %s, %dx%d); the pre-processor upsamples "
-                "them, which blurs small defects. Use a smaller image_size/crop_size if most images are this small.",
-                len(small), min_size[0], min_size[1], path, width, height,
+                "%d image(s) are smaller than the model input %dx%d (height x width), e.g. %s (%dx%d); the "
+                "pre-processor upsamples them, which blurs small defects. Use a smaller image_size/crop_size if "
+                "most images are this small.",
+                len(small), height, width, path, size[1], size[0],
             )
     return len(samples)
 

@@ -61,3 +61,24 @@ def test_ddp_two_processes_match_one(mvtec_root, tmp_path):
     assert set(first["metrics"]) == {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score"}
     for name, value in single["metrics"].items():
         assert first["metrics"][name] == pytest.approx(value, abs=1e-4), name
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+def test_threshold_on_synchronised_state_equals_per_batch_state(labels):
+    """After a DDP sync, torchmetrics holds one flat tensor instead of a list of batches: same threshold."""
+    from anomalib.data import ImageBatch
+
+    from anomalib_dinomaly.post_processor import DistributedF1AdaptiveThreshold
+
+    scores = torch.tensor([0.2, 0.9, 0.1, 0.7, 0.4, 0.3])
+    per_batch = DistributedF1AdaptiveThreshold(fields=["pred_score", "gt_label"])
+    for part in (slice(0, 3), slice(3, 6)):
+        per_batch.update(ImageBatch(image=torch.zeros(3, 3, 4, 4), pred_score=scores[part], gt_label=torch.tensor(labels[part])))
+    synchronised = DistributedF1AdaptiveThreshold(fields=["pred_score", "gt_label"])
+    synchronised.preds, synchronised.target = torch.cat(per_batch.preds), torch.cat(per_batch.target)
+    synchronised._update_count = 1
+    expected = {0: scores.max(), 6: scores.min()}.get(sum(labels))  # no anomalous / no normal images
+    threshold = per_batch.compute()
+    assert synchronised.compute() == threshold
+    if expected is not None:
+        assert threshold == expected
