@@ -189,6 +189,19 @@ def test_nan_during_training_stops_and_keeps_the_finished_checkpoint(bottle, tmp
     assert all(torch.isfinite(value).all() for value in state["state_dict"].values() if value.is_floating_point())
 
 
+def test_crash_while_saving_keeps_the_previous_checkpoint(bottle, tmp_path):
+    class CrashInSecondSave(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):  # noqa: ANN001
+            if trainer.global_step == 4:
+                raise KeyError("simulated crash while the checkpoint is written")
+
+    seed_everything(0)
+    with pytest.raises(KeyError, match="simulated crash"):
+        _engine(tmp_path / "runs", steps=6, callbacks=[CrashInSecondSave()]).fit(Dinomaly(**SMALL), datamodule=_datamodule(bottle))
+    (checkpoint,) = (tmp_path / "runs").rglob("*.ckpt")
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 2
+
+
 def test_non_finite_loss_stops_before_the_weights_change():
     model = Dinomaly(**SMALL).train()
     with torch.no_grad():

@@ -83,3 +83,23 @@ def test_long_run_on_constant_images_stays_finite(value, dtype, steps):
         prediction = module(torch.full((2, 3, 112, 112), value))
     assert torch.isfinite(prediction.pred_score).all()
     assert torch.isfinite(prediction.anomaly_map).all()
+
+
+def test_bf16_mixed_training_through_the_engine(mvtec_root, tmp_path):
+    # Lightning turns "16-mixed" into "bf16-mixed" on CPU; float16 autocast is covered by the loop above.
+    precision = "bf16-mixed"
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+    from small_data import make_small_bottle
+
+    data = make_small_bottle(mvtec_root, tmp_path / "data")
+    seed_everything(0)
+    model = Dinomaly(**TINY_ENCODER, image_size=112, crop_size=98, visualizer=False, warmup_steps=1)
+    engine = Engine(accelerator="cpu", max_steps=4, precision=precision, default_root_dir=tmp_path / "runs", enable_progress_bar=False)
+    datamodule = MVTecAD(root=data, category="bottle", train_batch_size=4, eval_batch_size=5, num_workers=0)
+    engine.fit(model, datamodule=datamodule)
+    metrics = engine.test(model, datamodule=datamodule)[0]
+    assert engine.trainer.precision == precision
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values()), metrics
+    assert all(torch.isfinite(param).all() for param in model.model.decoder.parameters())
