@@ -24,6 +24,8 @@ _EXPORTS = {
     "MultiClass": "anomalib_dinomaly.data",
     "CategoryEvaluator": "anomalib_dinomaly.metrics",
     "CategoryThresholds": "anomalib_dinomaly.metrics",
+    "DinomalyPostProcessor": "anomalib_dinomaly.post_processor",
+    "DataCheckError": "anomalib_dinomaly.data_check",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from timm.layers import Mlp
@@ -66,11 +68,18 @@ class LinearAttention(nn.Module):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, d)
-        q = F.elu(q) + 1.0
-        k = F.elu(k) + 1.0
-        kv = k.transpose(-2, -1) @ v  # (B, heads, d, d): sum over tokens of k v^T
-        normaliser = q @ k.sum(dim=-2).unsqueeze(-1)  # (B, heads, N, 1)
-        out = (q @ kv) * (1.0 / (normaliser + self.eps))
+        # The normaliser sums d * N positive terms (about 64 * 1029 = 66k for ViT-B at 448 px at initialisation):
+        # past float16's maximum of 65504, so it is computed in float32 even under fp16/bf16 autocast.
+        full_precision = (
+            torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else nullcontext()
+        )
+        with full_precision:
+            q = F.elu(q.float()) + 1.0
+            k = F.elu(k.float()) + 1.0
+            kv = k.transpose(-2, -1) @ v.float()  # (B, heads, d, d): sum over tokens of k v^T
+            normaliser = q @ k.sum(dim=-2).unsqueeze(-1)  # (B, heads, N, 1)
+            out = (q @ kv) * (1.0 / (normaliser + self.eps))
+        out = out.to(v.dtype)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 

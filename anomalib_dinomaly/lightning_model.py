@@ -14,16 +14,21 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
 from torch.optim import Optimizer
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
+from anomalib_dinomaly.data_check import DataCheck
 from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
 from anomalib_dinomaly.metrics import CategoryEvaluator
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
+from anomalib_dinomaly.post_processor import DinomalyPostProcessor
+from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
 from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
 
 logger = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LIGHTNING_DEFAULT_EPOCHS = 1000  # what Lightning trains when neither max_epochs nor max_steps is given
+RNG_STATE_KEY = "dinomaly_rng_state"
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -67,6 +73,8 @@ class Dinomaly(AnomalibModule):
             1,000 steps; easy points keep 0.1 of their gradient.
         default_max_steps: training length when the user gives neither max_steps nor max_epochs (10,000).
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
+        check_data: check every image and mask file of the run's data sets before it starts (see
+            :mod:`anomalib_dinomaly.data_check`); ``False`` skips the check.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults; the
             default evaluator is :class:`~anomalib_dinomaly.metrics.CategoryEvaluator`).
     """
@@ -99,6 +107,7 @@ class Dinomaly(AnomalibModule):
         default_max_steps: int = 10_000,
         eval_size: int | None = 256,
         top_ratio: float = 0.01,
+        check_data: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -134,6 +143,7 @@ class Dinomaly(AnomalibModule):
             anomaly_map_generator=AnomalyMapGenerator(eval_size=eval_size, top_ratio=top_ratio),
         )
         self.loss = GlobalCosineHardMiningLoss(factor=hard_mining_factor)
+        self._resumed_rng_state: dict[str, Any] | None = None
 
     @classmethod
     def configure_pre_processor(
@@ -177,6 +187,16 @@ class Dinomaly(AnomalibModule):
                 F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
             ],
         )
+    def configure_post_processor(self) -> PostProcessor:
+        """anomalib's post-processing with an adaptive threshold that also works under DDP."""
+        return DinomalyPostProcessor()
+
+    def configure_callbacks(self) -> list[Callback]:
+        """anomalib's component callbacks, plus the file check of :mod:`anomalib_dinomaly.data_check`."""
+        callbacks = list(super().configure_callbacks())
+        if self.hparams.check_data:
+            callbacks.append(DataCheck())
+        return callbacks
 
     @property
     def name(self) -> str:
@@ -219,6 +239,14 @@ class Dinomaly(AnomalibModule):
         encoder_groups, decoder_groups = self.model(batch.image)
         p = hard_mining_percent(self.global_step, self.hparams.hard_mining_percent, self.hparams.hard_mining_ramp_steps)
         loss = self.loss(encoder_groups, decoder_groups, p=p)
+        if not bool(torch.isfinite(loss)):
+            msg = (
+                f"The training loss is {loss.item()} at step {self.global_step}; stopping before it reaches the "
+                "weights (saved checkpoints are intact). Causes: NaN/Inf in the images, float16 overflow "
+                "(use precision='bf16-mixed' or '32-true'), or a learning rate far above 2e-3. "
+                "Fix the cause and resume from the last checkpoint."
+            )
+            raise FloatingPointError(msg)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=True)
         return {"loss": loss}
 
@@ -266,6 +294,23 @@ class Dinomaly(AnomalibModule):
         hparams = checkpoint.get("hyper_parameters", {})
         hparams["pretrained"] = False
         hparams["encoder_weights"] = None
+        checkpoint[RNG_STATE_KEY] = collect_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When training resumes, keep the saved random state for :meth:`on_train_start`."""
+        super().on_load_checkpoint(checkpoint)
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self._resumed_rng_state = checkpoint.get(RNG_STATE_KEY)
+
+    def on_train_start(self) -> None:
+        """Continue the random streams (dropout noise, data order) of the run being resumed.
+
+        Restored here rather than on loading, because Lightning draws random numbers while it sets up the
+        loops in between. Under DDP the checkpoint holds rank 0's state; seeded ranks share it.
+        """
+        if self._resumed_rng_state is not None:
+            restore_rng_state(self._resumed_rng_state)
+            self._resumed_rng_state = None
 
 
 def _register_on_import() -> None:

@@ -32,6 +32,27 @@ def validate_groups(groups: Sequence[Sequence[int]], count: int, what: str) -> l
     return groups
 
 
+def check_finite(images: torch.Tensor) -> None:
+    """Refuse a (B, C, H, W) batch holding NaN or Inf: it would give NaN maps and scores without any error.
+
+    Skipped while tracing or exporting, where a data-dependent check cannot be recorded.
+
+    Raises:
+        ValueError: naming how many values are bad and in which images of the batch.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    bad = ~torch.isfinite(images)
+    if bool(bad.any()):
+        images_hit = bad.flatten(1).any(dim=1).nonzero().flatten().tolist()
+        msg = (
+            f"The input batch {tuple(images.shape)} contains {int(bad.sum())} NaN/Inf values "
+            f"(images {images_hit} of the batch). Dinomaly would turn them into NaN anomaly maps and scores. "
+            "Check the image files and any custom transform or normalisation that produced this batch."
+        )
+        raise ValueError(msg)
+
+
 def fuse_groups(layers: Sequence[torch.Tensor], groups: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Mean of the listed layers per group: G tensors (B, N, D) from a list of (B, N, D)."""
     return [torch.stack([layers[index] for index in group], dim=1).mean(dim=1) for group in groups]
@@ -131,6 +152,7 @@ class DinomalyModel(nn.Module):
             ``(encoder_groups, decoder_groups)``: G tensors each, (B, D, H/14, W/14).
         """
         images = self.to_three_channels(images)
+        check_finite(images)
         height, width = self.encoder.patch_grid(images)
         with torch.no_grad():
             encoder_layers = self.encoder(images, self.target_layers)

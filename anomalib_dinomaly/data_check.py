@@ -1,0 +1,246 @@
+"""Check image and mask files before a run, so bad data fails early with the file named.
+
+anomalib reads images with ``PIL.Image.open(path).convert("RGB")`` and masks with ``.convert("L") > 0``
+inside the data loader. Some files then fail late and without a name (a truncated PNG or JPEG raises
+"image file is truncated" mid-training), and some are read wrongly without any error:
+
+- 16-bit greyscale images (PIL mode ``I;16``), 32-bit integer and float images: ``convert("RGB")``
+  clips every value above 255, so a 16-bit image becomes almost white.
+- a mask whose size differs from its image: anomalib resizes it with the image or fails to stack
+  the batch, so a mask meant for another image or crop can end up silently misaligned.
+
+:class:`DataCheck` (used by :class:`~anomalib_dinomaly.Dinomaly` by default) reads the header of every
+image and mask of the run's data sets, verifies that the file is complete, and raises one
+:class:`DataCheckError` listing every problem before any training step, so nothing is trained on
+bad data and no checkpoint is touched. RGBA, palette, 1-bit, greyscale-with-alpha and CMYK images
+are read correctly by anomalib (alpha is ignored) and pass; images smaller than the model input are
+upsampled by the pre-processor, which is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+logger = logging.getLogger(__name__)
+
+#: PIL modes whose ``convert("RGB")`` clips values above 255 (16-bit and 32-bit greyscale, float).
+CLIPPED_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+MAX_LISTED_PROBLEMS = 20
+
+
+class DataCheckError(ValueError):
+    """Image or mask files that cannot be used as they are; the message lists each file and what to do."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Header facts of a readable image file: ``size`` is (width, height), ``mode`` PIL's mode."""
+
+    size: tuple[int, int]
+    mode: str
+
+
+def inspect_image_file(path: str | Path) -> FileInfo:
+    """Open an image file, check that it is complete, and return its size and mode.
+
+    PNG files are verified chunk by chunk (CRC and length, no decompression); JPEG files are
+    decoded at 1/8 scale, which reads the whole entropy-coded stream; other formats are decoded.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OSError: the file is not a readable image or is truncated (PIL's message, prefixed by the path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: file does not exist"
+        raise FileNotFoundError(msg)
+    try:
+        with Image.open(path) as image:
+            info = FileInfo(size=image.size, mode=image.mode)
+            if image.format == "PNG":
+                image.verify()
+            elif image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
+                image.load()
+            else:
+                image.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        msg = f"{path}: cannot be read as an image ({type(error).__name__}: {error})"
+        raise OSError(msg) from error
+    return info
+
+
+def _check_sample(image_path: str, mask_path: str | None) -> tuple[list[str], tuple[int, int] | None]:
+    """Problems of one (image, mask) pair, and the image size (width, height) when readable."""
+    problems: list[str] = []
+    try:
+        image = inspect_image_file(image_path)
+    except OSError as error:
+        return [f"{error}. Replace or remove the file."], None
+    if image.mode in CLIPPED_MODES:
+        problems.append(
+            f"{image_path}: {image.mode!r} image (16/32-bit or float). anomalib reads images with PIL's "
+            "convert('RGB'), which clips values above 255, so this image would be used almost white. "
+            "Convert the images to 8 bit first with one scaling for all of them, e.g. with numpy "
+            "(array >> 8).astype('uint8'), or >> 4 for a 12-bit camera."
+        )
+    if mask_path:
+        try:
+            mask = inspect_image_file(mask_path)
+        except OSError as error:
+            problems.append(f"{error}. Replace the mask of {image_path} or remove the sample.")
+        else:
+            if mask.size != image.size:
+                problems.append(
+                    f"{mask_path}: mask is {mask.size[0]}x{mask.size[1]} (width x height) but its image "
+                    f"{image_path} is {image.size[0]}x{image.size[1]}. A mask must have its image's size; "
+                    "check that it belongs to this image, and resize it with nearest-neighbour interpolation if it does."
+                )
+    return problems, image.size
+
+
+def _samples(dataset: Dataset) -> Iterator[tuple[str, str | None]]:
+    """(image path, mask path or None) of every sample of an anomalib data set (``samples`` or ``image_filenames``)."""
+    if isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from _samples(part)
+        return
+    if isinstance(dataset, Subset):
+        parent = list(_samples(dataset.dataset))
+        if parent:
+            yield from (parent[index] for index in dataset.indices)
+        return
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and "image_path" in getattr(samples, "columns", ()):
+        masks = samples["mask_path"] if "mask_path" in samples.columns else [None] * len(samples)
+        for image_path, mask_path in zip(samples["image_path"], masks, strict=True):
+            yield str(image_path), (str(mask_path) if isinstance(mask_path, str | Path) and str(mask_path) else None)
+        return
+    for image_path in getattr(dataset, "image_filenames", ()):
+        yield str(image_path), None
+
+
+def check_samples(
+    samples: Iterable[tuple[str, str | None]],
+    min_size: tuple[int, int] | None = None,
+    workers: int | None = None,
+) -> int:
+    """Check (image, mask) file pairs; raise one error listing every problem.
+
+    Args:
+        samples: (image path, mask path or ``None``) pairs.
+        min_size: (height, width) of the model input; smaller images are reported in a warning.
+        workers: reader threads (PIL releases the GIL while decoding); default ``min(8, cpu count)``.
+
+    Returns:
+        The number of samples checked.
+
+    Raises:
+        DataCheckError: at least one file is missing, unreadable, truncated, 16/32-bit, or a mask's size
+            differs from its image's.
+    """
+    samples = list(samples)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda pair: _check_sample(*pair), samples))
+    problems = [problem for found, _ in results for problem in found]
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        msg = f"{len(problems)} problem(s) in the data set files:\n  {listed}{more}"
+        raise DataCheckError(msg)
+    if min_size is not None:
+        height, width = min_size
+        small = [
+            (path, size)
+            for (path, _), (_, size) in zip(samples, results, strict=True)
+            if size is not None and (size[0] < width or size[1] < height)
+        ]
+        if small:
+            path, size = small[0]
+            logger.warning(
+                "%d image(s) are smaller than the model input %dx%d (height x width), e.g. %s (%dx%d); the "
+                "pre-processor upsamples them, which blurs small defects. Use a smaller image_size/crop_size if "
+                "most images are this small.",
+                len(small), height, width, path, size[1], size[0],
+            )
+    return len(samples)
+
+
+class DataCheck(Callback):
+    """Lightning callback: check the files of every data set a run uses before the run starts.
+
+    Data sets come from the datamodule at ``setup`` (so validation files are checked before training)
+    and from the data loaders at the start of each stage (data loaders passed without a datamodule).
+    Each file is checked once per callback. Data sets that are not anomalib image data sets (no
+    ``samples`` table or ``image_filenames``) are skipped.
+    """
+
+    _DATAMODULE_SETS = {"fit": ("train_data", "val_data"), "validate": ("val_data",), "test": ("test_data",)}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked: set[tuple[str, str | None]] = set()
+
+    def _check(self, datasets: Iterable[Any], pl_module: LightningModule) -> None:
+        pending = []
+        for dataset in datasets:
+            if isinstance(dataset, DataLoader):
+                dataset = dataset.dataset
+            if isinstance(dataset, Dataset):
+                pending.extend(sample for sample in _samples(dataset) if sample not in self._checked)
+        pending = list(dict.fromkeys(pending))
+        if not pending:
+            return
+        start = time.perf_counter()
+        check_samples(pending, min_size=_input_size(pl_module))
+        self._checked.update(pending)
+        logger.info("Checked %d image files in %.1f s.", len(pending), time.perf_counter() - start)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check the datamodule's data sets of this stage."""
+        datamodule = trainer.datamodule
+        if datamodule is not None:
+            names = self._DATAMODULE_SETS.get(getattr(stage, "value", stage), ())
+            self._check((getattr(datamodule, name, None) for name in names), pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._check(_as_list(trainer.train_dataloader), pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._check(_as_list(trainer.val_dataloaders), pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._check(_as_list(trainer.test_dataloaders), pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._check(_as_list(trainer.predict_dataloaders), pl_module)
+
+
+def _as_list(loaders: Any) -> list[Any]:  # noqa: ANN401
+    if loaders is None:
+        return []
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    if isinstance(loaders, list | tuple):
+        return list(loaders)
+    return [loaders]
+
+
+def _input_size(pl_module: LightningModule) -> tuple[int, int] | None:
+    try:
+        size = pl_module.input_size
+    except Exception:  # noqa: BLE001 - a custom pre-processor may not accept a dummy image; the warning is optional
+        return None
+    return tuple(int(s) for s in size) if size is not None else None
