@@ -116,7 +116,7 @@ def read_geometry(model_path: str | Path) -> Geometry:
     if _RESIZE_KEY not in props or _CROP_KEY not in props:
         msg = (
             f"{model_path} holds no Dinomaly pre-processing geometry ({_RESIZE_KEY}, {_CROP_KEY}). "
-            "Export it with this package (engine.export / anomalib export), or give the sizes explicitly."
+            "Re-export it with anomalib-dinomaly installed (engine.export / anomalib export)."
         )
         raise ValueError(msg)
     return Geometry(_parse_size(props[_RESIZE_KEY], str(model_path)), _parse_size(props[_CROP_KEY], str(model_path)))

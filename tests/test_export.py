@@ -7,6 +7,8 @@ A small random encoder at 112 -> 98 px, trained for three steps so the normalisa
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from PIL import Image
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, TorchInferencer
@@ -23,8 +26,9 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.deploy import Geometry, crop_box, read_geometry, transform_geometry, uncrop_anomaly_map
-from tests.conftest import TINY_ENCODER
+from conftest import TINY_ENCODER
 
+REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, CROP_SIZE = 112, 98
 STATIC = (IMAGE_SIZE, IMAGE_SIZE)
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # this CPU would otherwise run bf16 (see NOTES.md)
@@ -156,11 +160,17 @@ def test_cli_int8_static_export(trained, workdir, mvtec_root, test_images):
     assert min(correlations) >= 0.99, f"Pearson correlation with FP32 maps: {correlations}"
 
 
-@pytest.mark.slow
-def test_dynamic_onnx_any_size_and_batch(trained, workdir, magnetic_tile_root, test_images):
-    """Dynamic ONNX FP32: parity on the 900 px test images, a batch of two, and a non-square greyscale image."""
+@pytest.fixture(scope="module")
+def dynamic_onnx(trained, workdir) -> Path:
     model, engine, _ = trained
-    path = engine.export(model, ExportType.ONNX, export_root=workdir / "onnx-dynamic")
+    return engine.export(model, ExportType.ONNX, export_root=workdir / "onnx-dynamic")
+
+
+@pytest.mark.slow
+def test_dynamic_onnx_any_size_and_batch(trained, dynamic_onnx, magnetic_tile_root, test_images):
+    """Dynamic ONNX FP32: parity on the 900 px test images, a batch of two, and a non-square greyscale image."""
+    model, _, _ = trained
+    path = dynamic_onnx
     assert read_geometry(path) == Geometry((IMAGE_SIZE, IMAGE_SIZE), (CROP_SIZE, CROP_SIZE))
     inferencer = OpenVINOInferencer(path, device="CPU", config=FP32)
     map_error, score_error = _max_abs(*_predict_all(model, inferencer, test_images, None))
@@ -206,3 +216,31 @@ def test_uncrop_inverts_resize_and_center_crop(original):
     error = np.abs(restored[interior] - ramp[0].numpy()[interior]).max()
     pixel = 2.0 / min(height, width)  # the ramp's change over one original pixel (x has weight 2)
     assert error < pixel, f"misaligned by {error / pixel:.2f} pixels"
+
+
+@pytest.mark.slow
+def test_infer_folder_example(trained, dynamic_onnx, workdir, mvtec_root, test_images):
+    """examples/infer_folder.py through OpenVINO and through the torch checkpoint: same scores, overlays at full size."""
+    model, _, checkpoint = trained
+    spec = importlib.util.spec_from_file_location("infer_folder", REPO / "examples" / "infer_folder.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    folder = mvtec_root / "bottle" / "test"
+    rows = {}
+    for name, model_path in (("openvino", dynamic_onnx), ("torch", checkpoint)):
+        csv_path = example.run(model_path, folder, workdir / f"infer-{name}", precision="f32")
+        with csv_path.open() as handle:
+            rows[name] = list(csv.DictReader(handle))
+    assert len(rows["openvino"]) == len(test_images) == len(rows["torch"])
+    with torch.no_grad():
+        expected = [float(model(image[None]).pred_score) for image in test_images]
+    for name, table in rows.items():
+        scores = [float(row["score"]) for row in table]
+        np.testing.assert_allclose(scores, expected, atol=1e-4, err_msg=name)
+    row = rows["openvino"][0]
+    original = read_image(folder / row["image"])
+    overlay = np.asarray(Image.open(workdir / "infer-openvino" / row["overlay"]))
+    assert overlay.shape == original.shape
+    # outside the region the model saw (56 px border of a 900 px image at 112 -> 98) the image is untouched
+    np.testing.assert_allclose(overlay[-40:, -40:] / 255.0, original[-40:, -40:], atol=1 / 255)
+    assert np.abs(overlay[450, 450] / 255.0 - original[450, 450]).max() > 2 / 255
