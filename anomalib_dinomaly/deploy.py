@@ -160,8 +160,8 @@ def uncrop_anomaly_map(
     top, left, bottom, right = (round(value) for value in crop_box(original_size, geometry))
     result = np.full(original_size, fill, dtype=np.float32)
     if bottom > top and right > left:
-        resized = F.interpolate(tensor[None, None], size=(bottom - top, right - left), mode="bilinear", align_corners=False)
-        result[top:bottom, left:right] = resized[0, 0].numpy()
+        size = (bottom - top, right - left)
+        result[top:bottom, left:right] = F.interpolate(tensor[None, None], size=size, mode="bilinear")[0, 0].numpy()
     return result
 
 
@@ -219,7 +219,8 @@ class DinomalyExportMixin:
             msg = f"INT8_PTQ calibrates on training images, but {type(datamodule).__name__} has none."
             raise ValueError(msg)
         shape = model.input(0).partial_shape
-        static_size = (shape[2].get_length(), shape[3].get_length()) if shape[2].is_static and shape[3].is_static else None
+        static = shape[2].is_static and shape[3].is_static
+        static_size = (shape[2].get_length(), shape[3].get_length()) if static else None
         count = min(len(dataset), MAX_CALIBRATION_IMAGES)
         if count < MAX_CALIBRATION_IMAGES:
             logger.info("INT8 calibration on %d training images (NNCF recommends %d).", count, MAX_CALIBRATION_IMAGES)

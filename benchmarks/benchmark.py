@@ -20,7 +20,7 @@ Measured per architecture and implementation:
 - Pearson correlation of INT8 maps with FP32 maps on the bottle test images (random weights, so only an
   indication; ``tests/test_export.py`` checks it on a trained small model).
 
-Usage (takes 15-25 minutes for both architectures on a 2-core CPU; run on a quiet machine):
+Usage (an estimated 15-20 minutes for both architectures on a quiet 2-core CPU; the quick run takes ~2.5):
     python benchmarks/benchmark.py --output results/benchmark
     python benchmarks/benchmark.py --quick          # smoke run: ViT-S at 112 -> 98 px, 1-2 iterations
 """
@@ -489,7 +489,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crop-size", type=int, help="model input (default 392; quick 98)")
     parser.add_argument("--warmup", type=int, help="untimed inference runs (default 2; quick 1)")
     parser.add_argument("--iterations", type=int, help="timed inference runs, median reported (default 10; quick 2)")
-    parser.add_argument("--warmup-steps", type=int, help="untimed training steps after the FLOP-counted one (default 1; quick 0)")
+    parser.add_argument(
+        "--warmup-steps", type=int, help="untimed training steps after the FLOP-counted one (default 1; quick 0)"
+    )
     parser.add_argument("--train-steps", type=int, help="timed training steps (default 3; quick 1)")
     # worker-only arguments
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)

@@ -89,7 +89,8 @@ def _predict_all(model, inferencer, images, input_size):
 
 
 def _correlations(reference, exported) -> list[float]:
-    return [float(np.corrcoef(ref.ravel(), out.ravel())[0, 1]) for (ref, _), (out, _) in zip(reference, exported, strict=True)]
+    pairs = zip(reference, exported, strict=True)
+    return [float(np.corrcoef(ref.ravel(), out.ravel())[0, 1]) for (ref, _), (out, _) in pairs]
 
 
 def _max_abs(reference, exported) -> tuple[float, float]:
@@ -142,7 +143,7 @@ def test_export_predicts_on_real_images(
 
 @pytest.mark.slow
 def test_cli_int8_static_export(trained, workdir, mvtec_root, test_images):
-    """``anomalib export`` with INT8 post-training quantisation at a static size; the 900 px training images calibrate it."""
+    """``anomalib export``, INT8 post-training quantisation at a static size, calibrated on the 900 px train images."""
     model, _, checkpoint = trained
     root = workdir / "cli-int8"
     tiny = [f"--model.{key}={str(value).lower()}" for key, value in TINY_ENCODER.items()]
@@ -210,7 +211,8 @@ def test_uncrop_inverts_resize_and_center_crop(original):
     assert top == pytest.approx(28 * height / 448) and right == pytest.approx(420 * width / 448)
     inside = ~np.isnan(restored)
     rows, cols = np.nonzero(inside)
-    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == tuple(round(v) for v in (top, bottom, left, right))
+    expected_box = tuple(round(v) for v in (top, bottom, left, right))
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == expected_box
     margin = 3  # bilinear resampling is exact for a ramp except at the crop border
     interior = (slice(rows.min() + margin, rows.max() - margin), slice(cols.min() + margin, cols.max() - margin))
     error = np.abs(restored[interior] - ramp[0].numpy()[interior]).max()
@@ -220,7 +222,7 @@ def test_uncrop_inverts_resize_and_center_crop(original):
 
 @pytest.mark.slow
 def test_infer_folder_example(trained, dynamic_onnx, workdir, mvtec_root, test_images):
-    """examples/infer_folder.py through OpenVINO and through the torch checkpoint: same scores, overlays at full size."""
+    """examples/infer_folder.py through OpenVINO and the torch checkpoint: same scores, overlays at full size."""
     model, _, checkpoint = trained
     spec = importlib.util.spec_from_file_location("infer_folder", REPO / "examples" / "infer_folder.py")
     example = importlib.util.module_from_spec(spec)
