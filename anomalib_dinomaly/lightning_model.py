@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
+from anomalib_dinomaly.deploy import DinomalyExportMixin
 from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
 from anomalib_dinomaly.metrics import CategoryEvaluator
@@ -49,7 +50,7 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
-class Dinomaly(AnomalibModule):
+class Dinomaly(DinomalyExportMixin, AnomalibModule):
     """Dinomaly: multi-class anomaly detection by loose reconstruction of frozen DINOv2 features.
 
     Every default is the paper's (unified MVTec-AD / VisA setting).
