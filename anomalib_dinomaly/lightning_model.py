@@ -251,6 +251,16 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=True)
         return {"loss": loss}
 
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
+        """After the last step, ask Lightning to stop so that it validates then, even mid-epoch.
+
+        Lightning validates only at epoch ends; a run whose ``max_steps`` ends mid-epoch would otherwise keep
+        thresholds and normalisation from earlier weights, or none at all if it never finished an epoch.
+        """
+        del outputs, batch, batch_idx
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
+
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Fill ``pred_score`` and ``anomaly_map`` so anomalib can fit thresholds and normalisation."""
         del args, kwargs

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anomalib_dinomaly.encoder import PATCH_SIZE, DinoV2Encoder, load_weights_file
+from anomalib_dinomaly.encoder import PATCH_SIZE, PRETRAINING_GRID, DinoV2Encoder, load_weights_file
 from anomalib_dinomaly.torch_model import DinomalyModel
+
+if TYPE_CHECKING:
+    from anomalib_dinomaly.lightning_model import Dinomaly
 
 OFFICIAL_CONFIG_KEYS = (
     "embed_dim",
@@ -178,3 +181,58 @@ def from_official_checkpoint(
     converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
     model.load_state_dict(converted, strict=True)
     return model.eval()
+
+
+def dinomaly_from_official_checkpoint(
+    checkpoint: str | Path | Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None = None,
+    **module_kwargs: Any,  # noqa: ANN401
+) -> Dinomaly:
+    """An anomalib :class:`~anomalib_dinomaly.Dinomaly` module holding the weights of an official checkpoint.
+
+    Save it as a plugin checkpoint (``engine.trainer.save_checkpoint`` after ``engine.validate``, which fits
+    thresholds and normalisation) or export it with ``engine.export``: see ``examples/official_to_openvino.py``.
+
+    Args:
+        checkpoint: path or state dict in the official format, as for :func:`from_official_checkpoint`.
+        config: architecture keys (see :data:`OFFICIAL_CONFIG_KEYS`); ``None`` = official ViT-B/14-reg4.
+        **module_kwargs: other :class:`~anomalib_dinomaly.Dinomaly` arguments (``image_size``, ``crop_size``, ...).
+
+    Returns:
+        The module in eval mode; its encoder weights come from ``checkpoint`` (nothing is downloaded).
+
+    Raises:
+        ValueError: a config whose position-embedding grid or offset is not DINOv2's (the module builds
+            DINOv2's), or ``module_kwargs`` that repeat an architecture key.
+    """
+    from anomalib_dinomaly.lightning_model import Dinomaly  # the Lightning module imports anomalib: load on use
+
+    config = complete_config(config)
+    if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, 0.1):
+        msg = (
+            f"pos_grid {config['pos_grid']} / interpolate_offset {config['interpolate_offset']} differ from DINOv2's "
+            f"({PRETRAINING_GRID} / 0.1); use from_official_checkpoint for such a model."
+        )
+        raise ValueError(msg)
+    architecture = {
+        "embed_dim": config["embed_dim"],
+        "depth": config["depth"],
+        "num_heads": config["num_heads"],
+        "num_register_tokens": config["num_register_tokens"],
+        "target_layers": list(config["target_layers"]),
+        "fuse_layer_encoder": [list(group) for group in config["fuse_layer_encoder"]],
+        "fuse_layer_decoder": [list(group) for group in config["fuse_layer_decoder"]],
+        "decoder_depth": config["decoder_depth"],
+        "bottleneck_dropout": config["bottleneck_dropout"],
+    }
+    repeated = sorted(set(architecture) & set(module_kwargs))
+    if repeated:
+        msg = f"{repeated} come from the official config; pass them in `config`, not as module arguments."
+        raise ValueError(msg)
+    state_dict = load_weights_file(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
+    prefix = "dinov2reg" if config["num_register_tokens"] else "dinov2"
+    module = Dinomaly(encoder_name=f"{prefix}_vit_{width}_14", pretrained=False, **architecture, **module_kwargs)
+    converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
+    module.model.load_state_dict(converted, strict=True)
+    return module.eval()

@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, seed_everything
 from safetensors.torch import save_file
 
 from anomalib_dinomaly import Dinomaly
-from conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER
 
 TRAIN_IMAGES = 8
 STEPS = 3

@@ -15,11 +15,11 @@ from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, seed_everything
 from PIL import Image
-from small_data import make_small_bottle
+from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.data_check import DataCheckError, check_samples, inspect_image_file
-from conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER
 
 SMALL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98, "visualizer": False, "warmup_steps": 1}
 

@@ -49,9 +49,16 @@ def test_fit_steps_schedule_per_optimizer_step(trained):
 def test_paper_steps_when_user_sets_none(tmp_path, mvtec_root):
     model = Dinomaly(**SMALL, default_max_steps=3)
     engine = Engine(default_root_dir=tmp_path, logger=False)
-    engine.fit(model=model, datamodule=datamodule(mvtec_root))
+    data = datamodule(mvtec_root)
+    engine.fit(model=model, datamodule=data)
     assert engine.trainer.global_step == 3
     assert engine.trainer.lr_scheduler_configs[0].scheduler.total_steps == 3
+    # 3 steps end mid-epoch (20 images, batch 4): validation still ran, on the final weights.
+    statistics = [model.post_processor._image_threshold.clone(), model.post_processor.image_max.clone()]
+    assert all(torch.isfinite(value) for value in statistics)
+    engine.validate(model=model, datamodule=data)
+    assert model.post_processor._image_threshold.item() == pytest.approx(statistics[0].item(), rel=1e-6)
+    assert model.post_processor.image_max.item() == pytest.approx(statistics[1].item(), rel=1e-6)
 
 
 def test_user_max_epochs_wins(tmp_path, mvtec_root):

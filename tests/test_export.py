@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.deploy import Geometry, crop_box, read_geometry, transform_geometry, uncrop_anomaly_map
-from conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, CROP_SIZE = 112, 98

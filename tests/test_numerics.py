@@ -9,7 +9,7 @@ from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.layers import LinearAttention
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
-from conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER
 
 HALF_DTYPES = [torch.bfloat16, torch.float16]
 
@@ -91,7 +91,7 @@ def test_bf16_mixed_training_through_the_engine(mvtec_root, tmp_path):
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
-    from small_data import make_small_bottle
+    from tests.small_data import make_small_bottle
 
     data = make_small_bottle(mvtec_root, tmp_path / "data")
     seed_everything(0)

@@ -9,12 +9,12 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, seed_everything
-from small_data import make_small_bottle
+from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.loss import hard_mining_percent
 from anomalib_dinomaly.optim import warmup_cosine_lr
-from conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER
 
 STEPS = 6  # 8 training images, batch 4: 2 steps per epoch, a checkpoint after each epoch
 CRASH_AT = 5  # mid-epoch 3: the last finished checkpoint is the one after step 4

@@ -12,11 +12,11 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 from safetensors.torch import save_file
-from small_data import make_small_bottle
+from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly, PretrainedWeightsError, from_official_checkpoint
 from anomalib_dinomaly.encoder import load_weights_file
-from conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER
 
 SMALL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98, "visualizer": False}
 

@@ -82,23 +82,19 @@ class CategoryEvaluator(Evaluator):
         self.fpr_limit = fpr_limit
         self.results_stem = results_stem
         self.table: CategoryTable | None = None
+        self._distributed = False
         self._reset()
 
     def _reset(self) -> None:
         self._rows: dict[str, dict[str, float]] = {}
+        self._kept: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
         self._open: str | None = None
         self._buffer: dict[str, list[torch.Tensor]] = defaultdict(list)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Per-category results need every sample in one process.
-
-        Raises:
-            RuntimeError: when testing on more than one device.
-        """
+        """Under DDP each rank sees every ``world_size``-th sample: keep all of them, gather at the end."""
         del pl_module
-        if trainer.world_size > 1:
-            msg = "CategoryEvaluator computes per-category metrics in one process: test with trainer.devices=1."
-            raise RuntimeError(msg)
+        self._distributed = trainer.world_size > 1
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start a new table."""
@@ -141,6 +137,10 @@ class CategoryEvaluator(Evaluator):
         return {"map": maps[:, 0], "mask": masks[:, 0] > 0}
 
     def _add(self, category: str, columns: dict[str, torch.Tensor]) -> None:
+        if self._distributed:
+            for key, value in columns.items():
+                self._kept[category][key].append(value.detach().cpu())
+            return
         if category != self._open:
             self._close()
             if category in self._rows:
@@ -168,9 +168,29 @@ class CategoryEvaluator(Evaluator):
         self._open = None
         self._buffer.clear()
 
+    def _gather_and_compute(self) -> None:
+        """Compute every category from the samples of all ranks (each rank gets the same table).
+
+        As everywhere in Lightning, a ``DistributedSampler`` pads the test set to a multiple of the world size
+        by repeating samples; those repeats are counted.
+        """
+        local = {category: {key: torch.cat(values) for key, values in columns.items()} for category, columns in self._kept.items()}
+        gathered: list[dict[str, dict[str, torch.Tensor]] | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, local)
+        categories = dict.fromkeys(category for part in gathered if part for category in part)  # loader order
+        for category in categories:
+            parts = [part[category] for part in gathered if part and category in part]
+            data = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+            self._rows[category] = paper_metrics(
+                data["score"], data["label"], data.get("map"), data.get("mask"), fpr_limit=self.fpr_limit
+            )
+        self._kept.clear()
+
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Log the mean and per-category values; write the table into the results folder."""
         super().on_test_epoch_end(trainer, pl_module)
+        if self._distributed:
+            self._gather_and_compute()
         self._close()
         self.table = CategoryTable(dict(self._rows))
         mean = self.table.mean
