@@ -124,7 +124,7 @@ def main() -> int:
     engine.fit(model=model, datamodule=datamodule)
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     write_table(output / "metrics.md", output / "metrics.csv",
-                [{"category": args.category, **{k: float(v) for k, v in sorted(metrics.items())}}])  # fmt: skip
+                [{"category": args.category, **{k: float(v) for k, v in sorted(metrics.items()) if "/" not in k}}])  # fmt: skip
 
     model_path = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=output / "export")
     inferencer = OpenVINOInferencer(path=model_path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     datamodule = MVTecAD(root=args.data, category=args.category, eval_batch_size=8, num_workers=0)
     engine = Engine(default_root_dir=output / "runs", logger=False)
     engine.validate(model=model, datamodule=datamodule)  # fits anomalib's thresholds and normalisation
-    engine.trainer.save_checkpoint(output / "dinomaly.ckpt", weights_only=False)
+    engine.trainer.save_checkpoint(output / "dinomaly.ckpt")
     model_path = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=output / "export")
 
     inferencer = OpenVINOInferencer(path=model_path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})

@@ -35,7 +35,7 @@ def test_official_checkpoint_to_plugin_checkpoint_and_openvino(golden_dir, mvtec
     assert max(abs(float(row["torch"]) - float(row["openvino"])) for row in rows) <= 1e-4
 
     # The plugin checkpoint reloads (no weights needed) to the official model's raw outputs and fitted thresholds.
-    module = Dinomaly.load_from_checkpoint(tmp_path / "out" / "dinomaly.ckpt", weights_only=False).eval()
+    module = Dinomaly.load_from_checkpoint(tmp_path / "out" / "dinomaly.ckpt").eval()
     official = from_official_checkpoint(load_file(str(golden_dir / "state_dict.safetensors")),
                                         json.loads((golden_dir / "config.json").read_text()))  # fmt: skip
     image = module.pre_processor.transform(read_image(sorted((mvtec_root / "bottle" / "test").glob("*/*.png"))[0],
