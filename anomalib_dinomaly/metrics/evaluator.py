@@ -87,7 +87,7 @@ class CategoryEvaluator(Evaluator):
 
     def _reset(self) -> None:
         self._rows: dict[str, dict[str, float]] = {}
-        self._kept: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        self._kept: dict[str, dict[str, list[torch.Tensor]]] = {}
         self._open: str | None = None
         self._buffer: dict[str, list[torch.Tensor]] = defaultdict(list)
 
@@ -139,7 +139,7 @@ class CategoryEvaluator(Evaluator):
     def _add(self, category: str, columns: dict[str, torch.Tensor]) -> None:
         if self._distributed:
             for key, value in columns.items():
-                self._kept[category][key].append(value.detach().cpu())
+                self._kept.setdefault(category, defaultdict(list))[key].append(value.detach().cpu())
             return
         if category != self._open:
             self._close()
