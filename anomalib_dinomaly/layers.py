@@ -26,6 +26,11 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(x.clamp(max=0.0)) + F.relu(x)
 
 
+def _elu_plus_one_for_training(x: torch.Tensor) -> torch.Tensor:
+    """``F.elu(x) + 1``: slower than :func:`elu_plus_one` but saves a third of its activations for backward."""
+    return F.elu(x) + 1.0
+
+
 class NoisyBottleneck(nn.Module):
     """MLP whose dropout is the noise: ``drop -> fc1 -> GELU -> drop -> fc2 -> drop``.
 
@@ -87,7 +92,9 @@ class LinearAttention(nn.Module):
             torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else nullcontext()
         )
         with full_precision:
-            q, k = elu_plus_one(q.float()), elu_plus_one(k.float())
+            # Training: F.elu keeps one tensor for backward where the fast form keeps three (~1 GB at ViT-B, batch 8).
+            feature_map = _elu_plus_one_for_training if self.training else elu_plus_one
+            q, k = feature_map(q.float()), feature_map(k.float())
             kv = k.transpose(-2, -1) @ v.float()  # (B, heads, d, d): sum over tokens of k v^T
             normaliser = q @ k.sum(dim=-2).unsqueeze(-1)  # (B, heads, N, 1)
             out = (q @ kv) * (1.0 / (normaliser + self.eps))

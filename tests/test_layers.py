@@ -69,3 +69,20 @@ def test_decoder_block_is_pre_norm_residual():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="divisible"):
         LinearAttention(dim=10, num_heads=3)
+
+
+def test_linear_attention_training_and_inference_forms_agree():
+    """Training uses F.elu (lean backward), inference exp/relu (fast, exports as Exp/Relu): same values and gradients."""
+    torch.manual_seed(0)
+    attention = LinearAttention(dim=24, num_heads=3)
+    x = torch.randn(2, 7, 24) * 3
+    results = []
+    for training in (True, False):
+        attention.train(training)
+        attention.zero_grad()
+        out = attention(x)
+        out.square().sum().backward()
+        results.append((out.detach(), attention.qkv.weight.grad.clone()))
+    (train_out, train_grad), (eval_out, eval_grad) = results
+    torch.testing.assert_close(train_out, eval_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(train_grad, eval_grad, rtol=1e-5, atol=1e-6)
