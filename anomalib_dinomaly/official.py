@@ -136,29 +136,35 @@ def convert_official_state_dict(
     return converted
 
 
+def _encoder_name(config: Mapping[str, Any]) -> str:
+    """The named variant whose family matches a completed config (its widths may still be overridden)."""
+    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
+    return f"{'dinov2reg' if config['num_register_tokens'] else 'dinov2'}_vit_{width}_14"
+
+
+def _architecture(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Encoder shape and Dinomaly layout of a completed config, as keyword arguments of ``Dinomaly``."""
+    keys = ("embed_dim", "depth", "num_heads", "num_register_tokens", "decoder_depth", "bottleneck_dropout")
+    return {
+        **{key: config[key] for key in keys},
+        "target_layers": list(config["target_layers"]),
+        "fuse_layer_encoder": [list(group) for group in config["fuse_layer_encoder"]],
+        "fuse_layer_decoder": [list(group) for group in config["fuse_layer_decoder"]],
+    }
+
+
 def build_official_model(config: Mapping[str, Any] | None = None) -> DinomalyModel:
     """A randomly initialised :class:`DinomalyModel` with the architecture of an official config."""
     config = complete_config(config)
-    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
-    prefix = "dinov2reg" if config["num_register_tokens"] else "dinov2"
+    architecture = _architecture(config)
     encoder = DinoV2Encoder(
-        f"{prefix}_vit_{width}_14",
+        _encoder_name(config),
         pretrained=False,
-        embed_dim=config["embed_dim"],
-        depth=config["depth"],
-        num_heads=config["num_heads"],
-        num_register_tokens=config["num_register_tokens"],
+        **{key: architecture.pop(key) for key in ("embed_dim", "depth", "num_heads", "num_register_tokens")},
         pos_grid=config["pos_grid"],
         interpolate_offset=config["interpolate_offset"],
     )
-    return DinomalyModel(
-        encoder,
-        target_layers=config["target_layers"],
-        fuse_layer_encoder=config["fuse_layer_encoder"],
-        fuse_layer_decoder=config["fuse_layer_decoder"],
-        decoder_depth=config["decoder_depth"],
-        bottleneck_dropout=config["bottleneck_dropout"],
-    )
+    return DinomalyModel(encoder, **architecture)
 
 
 def from_official_checkpoint(
@@ -214,25 +220,13 @@ def dinomaly_from_official_checkpoint(
             f"({PRETRAINING_GRID} / 0.1); use from_official_checkpoint for such a model."
         )
         raise ValueError(msg)
-    architecture = {
-        "embed_dim": config["embed_dim"],
-        "depth": config["depth"],
-        "num_heads": config["num_heads"],
-        "num_register_tokens": config["num_register_tokens"],
-        "target_layers": list(config["target_layers"]),
-        "fuse_layer_encoder": [list(group) for group in config["fuse_layer_encoder"]],
-        "fuse_layer_decoder": [list(group) for group in config["fuse_layer_decoder"]],
-        "decoder_depth": config["decoder_depth"],
-        "bottleneck_dropout": config["bottleneck_dropout"],
-    }
+    architecture = _architecture(config)
     repeated = sorted(set(architecture) & set(module_kwargs))
     if repeated:
         msg = f"{repeated} come from the official config; pass them in `config`, not as module arguments."
         raise ValueError(msg)
     state_dict = load_weights_file(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
-    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
-    prefix = "dinov2reg" if config["num_register_tokens"] else "dinov2"
-    module = Dinomaly(encoder_name=f"{prefix}_vit_{width}_14", pretrained=False, **architecture, **module_kwargs)
+    module = Dinomaly(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
     converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
     module.model.load_state_dict(converted, strict=True)
     return module.eval()
