@@ -50,6 +50,7 @@ OFFICIAL_DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 _VARIANT_BY_WIDTH = {384: "small", 768: "base", 1024: "large"}
+_ENCODER_KEYS = ("embed_dim", "depth", "num_heads", "num_register_tokens")
 
 
 def complete_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -144,27 +145,38 @@ def _encoder_name(config: Mapping[str, Any]) -> str:
 
 def _architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     """Encoder shape and Dinomaly layout of a completed config, as keyword arguments of ``Dinomaly``."""
-    keys = ("embed_dim", "depth", "num_heads", "num_register_tokens", "decoder_depth", "bottleneck_dropout")
     return {
-        **{key: config[key] for key in keys},
+        **{key: config[key] for key in (*_ENCODER_KEYS, "decoder_depth", "bottleneck_dropout")},
         "target_layers": list(config["target_layers"]),
         "fuse_layer_encoder": [list(group) for group in config["fuse_layer_encoder"]],
         "fuse_layer_decoder": [list(group) for group in config["fuse_layer_decoder"]],
     }
 
 
+def _load_official_weights(
+    model: DinomalyModel,
+    checkpoint: str | Path | Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+) -> None:
+    """Read (path) or take (state dict) official weights, convert their keys and load them strictly into ``model``."""
+    state_dict = load_weights_file(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+    converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
+    model.load_state_dict(converted, strict=True)
+
+
 def build_official_model(config: Mapping[str, Any] | None = None) -> DinomalyModel:
     """A randomly initialised :class:`DinomalyModel` with the architecture of an official config."""
     config = complete_config(config)
-    architecture = _architecture(config)
+    layout = _architecture(config)
+    shape = {key: layout.pop(key) for key in _ENCODER_KEYS}
     encoder = DinoV2Encoder(
         _encoder_name(config),
         pretrained=False,
-        **{key: architecture.pop(key) for key in ("embed_dim", "depth", "num_heads", "num_register_tokens")},
         pos_grid=config["pos_grid"],
         interpolate_offset=config["interpolate_offset"],
+        **shape,
     )
-    return DinomalyModel(encoder, **architecture)
+    return DinomalyModel(encoder, **layout)
 
 
 def from_official_checkpoint(
@@ -181,11 +193,9 @@ def from_official_checkpoint(
     Returns:
         The model with every official weight loaded strictly.
     """
-    state_dict = load_weights_file(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
     config = complete_config(config)
     model = build_official_model(config)
-    converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
-    model.load_state_dict(converted, strict=True)
+    _load_official_weights(model, checkpoint, config)
     return model.eval()
 
 
@@ -225,8 +235,6 @@ def dinomaly_from_official_checkpoint(
     if repeated:
         msg = f"{repeated} come from the official config; pass them in `config`, not as module arguments."
         raise ValueError(msg)
-    state_dict = load_weights_file(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
     module = Dinomaly(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
-    converted = convert_official_state_dict(state_dict, config["num_register_tokens"], config["target_layers"][-1])
-    module.model.load_state_dict(converted, strict=True)
+    _load_official_weights(module.model, checkpoint, config)
     return module.eval()
