@@ -39,6 +39,12 @@ def default_category(trainer: Trainer) -> str:
     return getattr(datamodule, "category", "") or getattr(datamodule, "name", "") or DEFAULT_CATEGORY
 
 
+def batch_categories(trainer: Trainer, batch: Any) -> list[str]:  # noqa: ANN401
+    """The category of every sample: ``batch.category`` (from MultiClass), else the datamodule's for all."""
+    categories = getattr(batch, "category", None)
+    return list(categories) if categories else [default_category(trainer)] * len(batch.pred_score.reshape(-1))
+
+
 class CategoryEvaluator(Evaluator):
     """The paper's evaluation, per category, as an anomalib ``Evaluator``.
 
@@ -87,9 +93,7 @@ class CategoryEvaluator(Evaluator):
 
     def _reset(self) -> None:
         self._rows: dict[str, dict[str, float]] = {}
-        self._kept: dict[str, dict[str, list[torch.Tensor]]] = {}
-        self._open: str | None = None
-        self._buffer: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._kept: dict[str, dict[str, list[torch.Tensor]]] = {}  # category -> column -> batches not yet computed
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Under DDP each rank sees every ``world_size``-th sample: keep all of them, gather at the end."""
@@ -115,8 +119,8 @@ class CategoryEvaluator(Evaluator):
         if batch.gt_label is None or batch.pred_score is None:
             msg = "CategoryEvaluator needs gt_label and pred_score on every test batch."
             raise ValueError(msg)
-        size = len(batch.pred_score.reshape(-1))
-        categories = getattr(batch, "category", None) or [default_category(trainer)] * size
+        categories = batch_categories(trainer, batch)
+        size = len(categories)
         columns = {"score": batch.pred_score.reshape(-1), "label": batch.gt_label.reshape(-1)}
         if batch.anomaly_map is not None and batch.gt_mask is not None:
             columns |= self._pixel_columns(batch.anomaly_map, batch.gt_mask)
@@ -137,36 +141,34 @@ class CategoryEvaluator(Evaluator):
         return {"map": maps[:, 0], "mask": masks[:, 0] > 0}
 
     def _add(self, category: str, columns: dict[str, torch.Tensor]) -> None:
-        if self._distributed:
-            for key, value in columns.items():
-                self._kept.setdefault(category, defaultdict(list))[key].append(value.detach().cpu())
-            return
-        if category != self._open:
-            self._close()
-            if category in self._rows:
-                msg = (
-                    f"Test samples of category {category!r} are not contiguous; CategoryEvaluator computes a "
-                    "category when the loader moves on. Order the test set by category (MultiClass does)."
-                )
-                raise RuntimeError(msg)
-            self._open = category
+        if category not in self._kept:
+            if not self._distributed:  # the loader moved on: compute the previous category and free its data
+                self._compute_kept()
+                if category in self._rows:
+                    msg = (
+                        f"Test samples of category {category!r} are not contiguous; CategoryEvaluator computes a "
+                        "category when the loader moves on. Order the test set by category (MultiClass does)."
+                    )
+                    raise RuntimeError(msg)
+            self._kept[category] = defaultdict(list)
         for key, value in columns.items():
-            self._buffer[key].append(value.detach().cpu())
+            self._kept[category][key].append(value.detach().cpu())
 
-    def _close(self) -> None:
-        """Compute the open category's metrics and free its data."""
-        if self._open is None:
-            return
-        data = {key: torch.cat(values) for key, values in self._buffer.items()}
-        self._rows[self._open] = paper_metrics(
-            data["score"],
-            data["label"],
-            data.get("map"),
-            data.get("mask"),
-            fpr_limit=self.fpr_limit,
-        )
-        self._open = None
-        self._buffer.clear()
+    def _kept_columns(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The kept batches joined: ``{category: {column: tensor}}``."""
+        return {category: {key: torch.cat(values) for key, values in columns.items()} for category, columns in self._kept.items()}
+
+    def _compute(self, data: dict[str, dict[str, torch.Tensor]]) -> None:
+        """The paper's metrics of every category in ``{category: {column: tensor}}``."""
+        for category, columns in data.items():
+            self._rows[category] = paper_metrics(
+                columns["score"], columns["label"], columns.get("map"), columns.get("mask"), fpr_limit=self.fpr_limit
+            )
+
+    def _compute_kept(self) -> None:
+        """Compute the kept categories and free their data."""
+        self._compute(self._kept_columns())
+        self._kept.clear()
 
     def _gather_and_compute(self) -> None:
         """Compute every category from the samples of all ranks (each rank gets the same table).
@@ -174,24 +176,22 @@ class CategoryEvaluator(Evaluator):
         As everywhere in Lightning, a ``DistributedSampler`` pads the test set to a multiple of the world size
         by repeating samples; those repeats are counted.
         """
-        local = {category: {key: torch.cat(values) for key, values in columns.items()} for category, columns in self._kept.items()}
         gathered: list[dict[str, dict[str, torch.Tensor]] | None] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, local)
+        torch.distributed.all_gather_object(gathered, self._kept_columns())
+        self._kept.clear()
         categories = dict.fromkeys(category for part in gathered if part for category in part)  # loader order
+        merged = {}
         for category in categories:
             parts = [part[category] for part in gathered if part and category in part]
-            data = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-            self._rows[category] = paper_metrics(
-                data["score"], data["label"], data.get("map"), data.get("mask"), fpr_limit=self.fpr_limit
-            )
-        self._kept.clear()
+            merged[category] = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        self._compute(merged)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Log the mean and per-category values; write the table into the results folder."""
         super().on_test_epoch_end(trainer, pl_module)
         if self._distributed:
             self._gather_and_compute()
-        self._close()
+        self._compute_kept()
         self.table = CategoryTable(dict(self._rows))
         mean = self.table.mean
         for metric in PAPER_METRICS:

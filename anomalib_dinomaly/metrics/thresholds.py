@@ -25,7 +25,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_dinomaly.metrics.evaluator import default_category
+from anomalib_dinomaly.metrics.evaluator import batch_categories
 
 __all__ = ["CategoryThresholds", "THRESHOLDS_FILE", "apply_thresholds"]
 
@@ -110,7 +110,7 @@ class CategoryThresholds(Callback):
     ) -> None:
         """Collect the batch's raw scores (and maps) per category."""
         del pl_module, outputs, batch_idx, dataloader_idx
-        categories = self._categories(trainer, batch)
+        categories = batch_categories(trainer, batch)
         for category in dict.fromkeys(categories):
             index = torch.tensor([name == category for name in categories], device=batch.pred_score.device)
             sample = SimpleNamespace(
@@ -178,7 +178,7 @@ class CategoryThresholds(Callback):
     def _label(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:  # noqa: ANN401
         if not self.image_thresholds or batch.pred_score is None:
             return
-        categories = self._categories(trainer, batch)
+        categories = batch_categories(trainer, batch)
         post_processor = getattr(pl_module, "post_processor", None)
         image = self._with_global(self.image_thresholds, categories, post_processor, "image_threshold")
         batch.pred_label = apply_thresholds(batch.pred_score.reshape(-1), categories, image)
@@ -201,11 +201,6 @@ class CategoryThresholds(Callback):
             msg = f"No threshold for categories {sorted(unseen)} and no global post-processor threshold."
             raise KeyError(msg)
         return thresholds | dict.fromkeys(unseen, float(getattr(post_processor, attribute)))
-
-    @staticmethod
-    def _categories(trainer: Trainer, batch: Any) -> list[str]:  # noqa: ANN401
-        categories = getattr(batch, "category", None)
-        return list(categories) if categories is not None else [default_category(trainer)] * len(batch.pred_score)
 
     def _check_order(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callbacks = trainer.callbacks
