@@ -188,6 +188,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
                 F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
             ],
         )
+
     def configure_post_processor(self) -> PostProcessor:
         """anomalib's post-processing with an adaptive threshold that also works under DDP."""
         return DinomalyPostProcessor()
