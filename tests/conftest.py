@@ -15,6 +15,8 @@ GOLDEN = SHARED / "golden" / "official_a"
 
 #: A small random encoder that keeps Dinomaly's structure (4 registers, 8 target layers, 2 groups).
 TINY_ENCODER = {"pretrained": False, "embed_dim": 48, "depth": 10, "num_heads": 3}
+#: That encoder on small inputs (resize 112, crop 98 = 7 x 14): the Dinomaly arguments of the end-to-end tests.
+TINY_MODEL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98}
 
 
 def _require(path: Path) -> Path:

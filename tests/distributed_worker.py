@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, seed_everything
 from safetensors.torch import save_file
 
 from anomalib_dinomaly import Dinomaly
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_MODEL
 
 TRAIN_IMAGES = 8
 STEPS = 3
@@ -58,9 +58,7 @@ def main() -> None:
         val_split_mode="same_as_test",
     )
     model = Dinomaly(
-        **TINY_ENCODER,
-        image_size=112,
-        crop_size=98,
+        **TINY_MODEL,
         bottleneck_dropout=0.0,
         hard_mining_percent=0.0,
         warmup_steps=2,

@@ -19,9 +19,9 @@ from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.data_check import DataCheckError, check_samples, inspect_image_file
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_MODEL
 
-SMALL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98, "visualizer": False, "warmup_steps": 1}
+SMALL = {**TINY_MODEL, "visualizer": False, "warmup_steps": 1}
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from anomalib.engine import Engine
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.optim import warmup_cosine_lr
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_MODEL
 
-SMALL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98}
 pytestmark = pytest.mark.slow
 
 
@@ -26,7 +25,7 @@ def datamodule(root):
 def trained(tmp_path_factory, mvtec_root):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("engine")
-    model = Dinomaly(**SMALL, warmup_steps=2)
+    model = Dinomaly(**TINY_MODEL, warmup_steps=2)
     engine = Engine(default_root_dir=root, max_steps=6, logger=False)
     data = datamodule(mvtec_root)
     engine.fit(model=model, datamodule=data)
@@ -47,7 +46,7 @@ def test_fit_steps_schedule_per_optimizer_step(trained):
 
 
 def test_paper_steps_when_user_sets_none(tmp_path, mvtec_root):
-    model = Dinomaly(**SMALL, default_max_steps=3)
+    model = Dinomaly(**TINY_MODEL, default_max_steps=3)
     engine = Engine(default_root_dir=tmp_path, logger=False)
     data = datamodule(mvtec_root)
     engine.fit(model=model, datamodule=data)
@@ -62,7 +61,7 @@ def test_paper_steps_when_user_sets_none(tmp_path, mvtec_root):
 
 
 def test_user_max_epochs_wins(tmp_path, mvtec_root):
-    model = Dinomaly(**SMALL, default_max_steps=3)
+    model = Dinomaly(**TINY_MODEL, default_max_steps=3)
     engine = Engine(default_root_dir=tmp_path, logger=False, max_epochs=1)
     engine.fit(model=model, datamodule=datamodule(mvtec_root))
     assert engine.trainer.global_step == 5  # 20 training images, batch 4

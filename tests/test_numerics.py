@@ -9,7 +9,7 @@ from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.layers import LinearAttention
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_MODEL
 
 HALF_DTYPES = [torch.bfloat16, torch.float16]
 
@@ -50,7 +50,7 @@ def test_half_precision_model_weights():
 def _train_on_constant_images(steps: int, value: float, dtype: torch.dtype | None) -> tuple[list[float], Dinomaly]:
     """The training loop of :class:`Dinomaly` without Lightning: StableAdamW, per-step schedule, mining, clipping."""
     torch.manual_seed(0)
-    module = Dinomaly(**TINY_ENCODER, image_size=112, crop_size=98, warmup_steps=10, hard_mining_ramp_steps=steps // 2)
+    module = Dinomaly(**TINY_MODEL, warmup_steps=10, hard_mining_ramp_steps=steps // 2)
     model = module.model.train()
     params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
     optimizer = StableAdamW(params, lr=2e-3, weight_decay=1e-4, eps=1e-10)
@@ -95,7 +95,7 @@ def test_bf16_mixed_training_through_the_engine(mvtec_root, tmp_path):
 
     data = make_small_bottle(mvtec_root, tmp_path / "data")
     seed_everything(0)
-    model = Dinomaly(**TINY_ENCODER, image_size=112, crop_size=98, visualizer=False, warmup_steps=1)
+    model = Dinomaly(**TINY_MODEL, visualizer=False, warmup_steps=1)
     engine = Engine(accelerator="cpu", max_steps=4, precision=precision, default_root_dir=tmp_path / "runs", enable_progress_bar=False)
     datamodule = MVTecAD(root=data, category="bottle", train_batch_size=4, eval_batch_size=5, num_workers=0)
     engine.fit(model, datamodule=datamodule)

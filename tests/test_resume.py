@@ -14,7 +14,7 @@ from tests.small_data import make_small_bottle
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.loss import hard_mining_percent
 from anomalib_dinomaly.optim import warmup_cosine_lr
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_MODEL
 
 STEPS = 6  # 8 training images, batch 4: 2 steps per epoch, a checkpoint after each epoch
 CRASH_AT = 5  # mid-epoch 3: the last finished checkpoint is the one after step 4
@@ -49,7 +49,7 @@ def data(mvtec_root, tmp_path_factory) -> Path:
 def _fit(data: Path, root: Path, recorder: ScheduleRecorder, ckpt_path: Path | None = None) -> tuple[Dinomaly, Engine]:
     seed_everything(7)
     datamodule = MVTecAD(root=data, category="bottle", train_batch_size=4, eval_batch_size=5, num_workers=0, seed=0)
-    model = Dinomaly(**TINY_ENCODER, image_size=112, crop_size=98, visualizer=False, **SCHEDULE)
+    model = Dinomaly(**TINY_MODEL, visualizer=False, **SCHEDULE)
     engine = Engine(
         accelerator="cpu",
         devices=1,

@@ -16,9 +16,9 @@ from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly, PretrainedWeightsError, from_official_checkpoint
 from anomalib_dinomaly.encoder import load_weights_file
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_MODEL
 
-SMALL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98, "visualizer": False}
+SMALL = {**TINY_MODEL, "visualizer": False}
 
 
 class _CreatesFolderWhenUnpickled:

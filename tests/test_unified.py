@@ -23,11 +23,10 @@ from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.data import MultiClass, ProductFolder
 from anomalib_dinomaly.metrics import PAPER_METRICS, CategoryTable, CategoryThresholds
 from anomalib_dinomaly.separated import main as separated_main
-from tests.conftest import REPO, TINY_ENCODER
+from tests.conftest import REPO, TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
-SMALL = {**TINY_ENCODER, "image_size": 112, "crop_size": 98}
 STEPS = 5  # one epoch: 40 training images at batch 8; validation once, at the last step
 CATEGORIES = ["bottle", "magnetic_tile"]
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
@@ -45,7 +44,7 @@ def category_datamodules(mvtec_root, magnetic_tile_root, batch_size=8):
 def unified(tmp_path_factory, mvtec_root, magnetic_tile_root):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("unified")
-    model = Dinomaly(**SMALL, warmup_steps=2)
+    model = Dinomaly(**TINY_MODEL, warmup_steps=2)
     data = MultiClass(
         datamodules=category_datamodules(mvtec_root, magnetic_tile_root),
         train_batch_size=8,
@@ -137,7 +136,7 @@ def test_per_category_thresholds_and_exported_openvino_model(unified, monkeypatc
 
 def write_config(path: Path, mvtec_root: Path, magnetic_tile_root: Path) -> Path:
     config = {
-        "model": {"class_path": "Dinomaly", "init_args": SMALL},
+        "model": {"class_path": "Dinomaly", "init_args": TINY_MODEL},
         "data": {
             "class_path": "anomalib_dinomaly.data.MultiClass",
             "init_args": {
