@@ -17,6 +17,8 @@ Measured per architecture and implementation:
 - a training step at batch 8 (forward, loss, backward, clipping, optimiser step, through Lightning);
 - FLOPs of one forward / training step (``torch.utils.flop_counter``), turned into achieved GFLOP/s and
   compared with an fp32 GEMM measured here;
+- OpenVINO FP32 of both models once more, alternating in one process so that machine drift hits both alike,
+  with the time split into GEMM-like ops and the rest (OpenVINO's per-op profile);
 - Pearson correlation of INT8 maps with FP32 maps on the bottle test images (random weights, so only an
   indication; ``tests/test_export.py`` checks it on a trained small model).
 
@@ -296,6 +298,69 @@ def worker_openvino(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+GEMM_OP_TYPES = {"FullyConnected", "MatMul", "Subgraph"}  # Subgraph: OpenVINO's fused softmax attention
+
+
+def op_time_by_type(compiled, image) -> dict[str, float]:  # noqa: ANN001
+    """Median milliseconds per OpenVINO op type over 5 profiled runs of a ``PERF_COUNT`` compiled model."""
+    import numpy as np
+
+    request = compiled.create_infer_request()
+    request.infer({0: image})
+    runs = []
+    for _ in range(5):
+        request.infer({0: image})
+        totals: dict[str, float] = {}
+        for node in request.get_profiling_info():
+            totals[node.node_type] = totals.get(node.node_type, 0.0) + node.real_time.total_seconds() * 1e3
+        runs.append(totals)
+    return {op: float(np.median([run.get(op, 0.0) for run in runs])) for op in runs[0]}
+
+
+def worker_paired(args: argparse.Namespace) -> dict[str, Any]:
+    """OpenVINO FP32 of ours (``--xml``) and the built-in (``--xml-builtin``) timed in alternation in one process.
+
+    Separate processes, minutes apart, see the machine drift by about 10 %; alternating single inferences
+    (the order swapped every round) exposes both models to the same drift, so their ratio is the fair one.
+    A profiled run then splits each model's time into GEMM-like ops (fully connected layers, matmuls, fused
+    attention) and everything else.
+    """
+    import numpy as np
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
+    core = ov.Core()
+    models = {"ours": args.xml, "builtin": args.xml_builtin}
+    requests = {impl: core.compile_model(xml, "CPU", config).create_infer_request() for impl, xml in models.items()}
+    image = np.random.default_rng(0).random((1, 3, args.image_size, args.image_size), dtype=np.float32)
+    for _ in range(args.warmup):
+        for request in requests.values():
+            request.infer({0: image})
+    times: dict[str, list[float]] = {impl: [] for impl in requests}
+    for round_index in range(2 * args.iterations):
+        order = list(requests) if round_index % 2 == 0 else list(reversed(requests))
+        for impl in order:
+            start = time.perf_counter()
+            requests[impl].infer({0: image})
+            times[impl].append(time.perf_counter() - start)
+    result: dict[str, Any] = {}
+    for impl, xml in models.items():
+        seconds = float(np.median(times[impl]))
+        by_type = op_time_by_type(core.compile_model(xml, "CPU", {**config, "PERF_COUNT": True}), image)
+        gemm_ms = sum(ms for op, ms in by_type.items() if op in GEMM_OP_TYPES)
+        result[impl] = {
+            "seconds": seconds,
+            "images_per_s": 1 / seconds,
+            "profiled_ms": sum(by_type.values()),
+            "gemm_ms": gemm_ms,
+            "other_ms": sum(by_type.values()) - gemm_ms,
+            "top_other": sorted(
+                ((op, ms) for op, ms in by_type.items() if op not in GEMM_OP_TYPES), key=lambda item: -item[1]
+            )[:4],
+        }
+    return result
+
+
 def worker_gemm(args: argparse.Namespace) -> dict[str, Any]:
     """fp32 GEMM throughput (torch.mm, n x n) with the benchmark's thread count: the machine's practical peak."""
     import torch
@@ -312,6 +377,7 @@ WORKERS = {
     "train": worker_train,
     "export": worker_export,
     "openvino": worker_openvino,
+    "paired": worker_paired,
     "gemm": worker_gemm,
 }
 
@@ -362,15 +428,17 @@ class Driver:
         print(f"GEMM peak ({args.threads} threads)")
         self.results["gemm"] = self.call("gemm")
         for arch in args.archs:
-            for impl in ("ours", "builtin"):
-                print(f"{arch} {impl}")
-                run: dict[str, Any] = {}
-                run["torch"] = self.call("torch", impl, arch)
-                run["train"] = self.call("train", impl, arch)
-                with tempfile.TemporaryDirectory(prefix=f"dinomaly-{arch}-{impl}-") as folder:
-                    exported = self.call("export", impl, arch, export_dir=folder)
+            with tempfile.TemporaryDirectory(prefix=f"dinomaly-{arch}-") as folder:
+                fp32_models = {}
+                for impl in ("ours", "builtin"):
+                    print(f"{arch} {impl}")
+                    run: dict[str, Any] = {}
+                    run["torch"] = self.call("torch", impl, arch)
+                    run["train"] = self.call("train", impl, arch)
+                    exported = self.call("export", impl, arch, export_dir=Path(folder) / impl)
                     run["export"] = exported
                     if "fp32_xml" in exported:
+                        fp32_models[impl] = exported["fp32_xml"]
                         run["ov_fp32"] = self.call("openvino", impl, arch, xml=exported["fp32_xml"], hint="f32")
                         run["ov_default"] = self.call("openvino", impl, arch, xml=exported["fp32_xml"], hint="")
                     if "int8_xml" in exported:
@@ -379,7 +447,12 @@ class Driver:
                         )
                     else:
                         run["ov_int8"] = {"error": exported.get("int8_error", exported.get("error", "not exported"))}
-                self.results["runs"][f"{arch}/{impl}"] = run
+                    self.results["runs"][f"{arch}/{impl}"] = run
+                if len(fp32_models) == 2:
+                    print(f"{arch} paired")
+                    paired = self.call("paired", "ours", arch, xml=fp32_models["ours"], xml_builtin=fp32_models["builtin"])
+                    for impl in ("ours", "builtin"):
+                        self.results["runs"][f"{arch}/{impl}"]["ov_fp32_paired"] = paired.get(impl, paired)
         return self.results
 
 
@@ -390,6 +463,9 @@ ROWS = [
     ("OpenVINO FP32 (hint f32), images/s", "ov_fp32", "images_per_s"),
     ("OpenVINO FP32 (hint f32), peak RSS MiB", "ov_fp32", "peak_rss_mb"),
     ("OpenVINO FP32 (hint f32), achieved GFLOP/s", "ov_fp32", "achieved"),
+    ("OpenVINO FP32, paired in one process, images/s", "ov_fp32_paired", "images_per_s"),
+    ("OpenVINO FP32, paired: GEMM + attention ops, ms", "ov_fp32_paired", "gemm_ms"),
+    ("OpenVINO FP32, paired: all other ops, ms", "ov_fp32_paired", "other_ms"),
     ("OpenVINO FP32 IR (default hint), images/s", "ov_default", "images_per_s"),
     ("OpenVINO INT8 PTQ, images/s", "ov_int8", "images_per_s"),
     ("OpenVINO INT8 PTQ, peak RSS MiB", "ov_int8", "peak_rss_mb"),
@@ -455,6 +531,8 @@ def report(results: dict[str, Any]) -> str:
              value(theirs, "torch", "images_per_s"), 2.0, True),
             ("OpenVINO FP32 ours / built-in >= 1.1", value(ours, "ov_fp32", "images_per_s"),
              value(theirs, "ov_fp32", "images_per_s"), 1.1, True),
+            ("OpenVINO FP32 ours / built-in >= 1.1 (paired)", value(ours, "ov_fp32_paired", "images_per_s"),
+             value(theirs, "ov_fp32_paired", "images_per_s"), 1.1, True),
             ("torch eager ours / built-in >= 1.1", value(ours, "torch", "images_per_s"),
              value(theirs, "torch", "images_per_s"), 1.1, True),
             ("training step ours / built-in <= 1.0", value(ours, "train", "seconds"),
@@ -470,6 +548,11 @@ def report(results: dict[str, Any]) -> str:
         pearson = value(ours, "ov_int8", "map_pearson_min")
         if isinstance(pearson, float):
             lines.append(f"- INT8 map Pearson vs FP32 >= 0.99 (random weights): {pearson:.4f}")
+        for impl, run in (("ours", ours), ("built-in", theirs)):
+            top_other = run.get("ov_fp32_paired", {}).get("top_other")
+            if top_other:
+                listed = ", ".join(f"{op} {ms:.1f}" for op, ms in top_other)
+                lines.append(f"- {impl}, OpenVINO FP32 largest non-GEMM ops (ms): {listed}")
         for impl, run in (("ours", ours), ("built-in", theirs)):
             for section, data in run.items():
                 if isinstance(data, dict) and "error" in data:
@@ -501,6 +584,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--xml", help=argparse.SUPPRESS)
     parser.add_argument("--hint", help=argparse.SUPPRESS)
     parser.add_argument("--reference", help=argparse.SUPPRESS)
+    parser.add_argument("--xml-builtin", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     defaults = {
         "archs": ["vits"] if args.quick else ["vitb", "vits"],
