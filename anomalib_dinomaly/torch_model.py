@@ -53,21 +53,9 @@ def check_finite(images: torch.Tensor) -> None:
         raise ValueError(msg)
 
 
-def layer_mean(layers: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean of same-shaped tensors, e.g. L x (B, N, D) -> (B, N, D).
-
-    A running sum rather than ``torch.stack(...).mean``: the stack copies every layer into a new tensor
-    (an L-input Concat and a ReduceMean in OpenVINO) for the same result up to rounding.
-    """
-    total = layers[0]
-    for layer in layers[1:]:
-        total = total + layer
-    return total / len(layers)
-
-
 def fuse_groups(layers: Sequence[torch.Tensor], groups: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Mean of the listed layers per group: G tensors (B, N, D) from a list of (B, N, D)."""
-    return [layer_mean([layers[index] for index in group]) for group in groups]
+    return [torch.stack([layers[index] for index in group], dim=1).mean(dim=1) for group in groups]
 
 
 class DinomalyModel(nn.Module):
@@ -168,7 +156,9 @@ class DinomalyModel(nn.Module):
         height, width = self.encoder.patch_grid(images)
         with torch.no_grad():
             encoder_layers = self.encoder(images, self.target_layers)
-        x = self.bottleneck(layer_mean(encoder_layers))
+        # stack + mean, not a running sum: about 15 % faster in torch eager here (glibc), as freeing the large
+        # stacked buffer raises malloc's mmap threshold, so later activations stop page-faulting.
+        x = self.bottleneck(torch.stack(encoder_layers, dim=1).mean(dim=1))
         decoder_layers = []
         for block in self.decoder:
             x = block(x)
