@@ -263,14 +263,27 @@ def worker_export(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def openvino_config(threads: int, precision_hint: str | None) -> dict[str, Any]:
+    """CPU settings of every OpenVINO timing: latency hint, the benchmark's threads, optional precision hint."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    if precision_hint:
+        config["INFERENCE_PRECISION_HINT"] = precision_hint
+    return config
+
+
+def random_input(image_size: int):  # noqa: ANN201
+    """The fixed timing input: (1, 3, image_size, image_size) float32 numpy in [0, 1)."""
+    import numpy as np
+
+    return np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
+
+
 def worker_openvino(args: argparse.Namespace) -> dict[str, Any]:
     """OpenVINO inference, batch 1, latency hint; imports nothing but openvino and numpy."""
     import numpy as np
     import openvino as ov
 
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads}
-    if args.hint:
-        config["INFERENCE_PRECISION_HINT"] = args.hint
+    config = openvino_config(args.threads, args.hint)
     core = ov.Core()
     baseline = current_rss_mb()
     try:
@@ -278,7 +291,7 @@ def worker_openvino(args: argparse.Namespace) -> dict[str, Any]:
     except RuntimeError as error:
         return {"error": f"compile failed: {str(error).splitlines()[0][:300]}", "peak_rss_mb": peak_rss_mb()}
     request = compiled.create_infer_request()
-    image = np.random.default_rng(0).random((1, 3, args.image_size, args.image_size), dtype=np.float32)
+    image = random_input(args.image_size)
     seconds = timed(lambda: request.infer({0: image}), args.warmup, args.iterations)
     result = {
         "seconds": seconds,
@@ -328,11 +341,11 @@ def worker_paired(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import openvino as ov
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
+    config = openvino_config(args.threads, "f32")
     core = ov.Core()
     models = {"ours": args.xml, "builtin": args.xml_builtin}
     requests = {impl: core.compile_model(xml, "CPU", config).create_infer_request() for impl, xml in models.items()}
-    image = np.random.default_rng(0).random((1, 3, args.image_size, args.image_size), dtype=np.float32)
+    image = random_input(args.image_size)
     for _ in range(args.warmup):
         for request in requests.values():
             request.infer({0: image})
@@ -347,13 +360,14 @@ def worker_paired(args: argparse.Namespace) -> dict[str, Any]:
     for impl, xml in models.items():
         seconds = float(np.median(times[impl]))
         by_type = op_time_by_type(core.compile_model(xml, "CPU", {**config, "PERF_COUNT": True}), image)
+        profiled_ms = sum(by_type.values())
         gemm_ms = sum(ms for op, ms in by_type.items() if op in GEMM_OP_TYPES)
         result[impl] = {
             "seconds": seconds,
             "images_per_s": 1 / seconds,
-            "profiled_ms": sum(by_type.values()),
+            "profiled_ms": profiled_ms,
             "gemm_ms": gemm_ms,
-            "other_ms": sum(by_type.values()) - gemm_ms,
+            "other_ms": profiled_ms - gemm_ms,
             "top_other": sorted(
                 ((op, ms) for op, ms in by_type.items() if op not in GEMM_OP_TYPES), key=lambda item: -item[1]
             )[:4],
