@@ -19,23 +19,40 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
 from torch.optim import Optimizer
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
+from anomalib_dinomaly.anomaly_map import DEFAULT_EVAL_SIZE, DEFAULT_TOP_RATIO, AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
 from anomalib_dinomaly.deploy import DinomalyExportMixin
-from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, PATCH_SIZE, DinoV2Encoder
+from anomalib_dinomaly.layers import DEFAULT_BOTTLENECK_DROPOUT
+from anomalib_dinomaly.loss import (
+    DEFAULT_HARD_MINING_FACTOR,
+    DEFAULT_HARD_MINING_FINAL,
+    DEFAULT_HARD_MINING_RAMP_STEPS,
+    GlobalCosineHardMiningLoss,
+    hard_mining_percent,
+)
 from anomalib_dinomaly.metrics import CategoryEvaluator
-from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
+from anomalib_dinomaly.optim import (
+    DEFAULT_AMSGRAD,
+    DEFAULT_EPS,
+    DEFAULT_FINAL_LR_RATIO,
+    DEFAULT_LR,
+    DEFAULT_WARMUP_STEPS,
+    DEFAULT_WEIGHT_DECAY,
+    StableAdamW,
+    WarmupCosineLR,
+)
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
-from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
+from anomalib_dinomaly.torch_model import DEFAULT_DECODER_DEPTH, DEFAULT_GROUPS, DinomalyModel
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_STEPS = 10_000  # the paper's unified training length, used when the trainer sets none
+DEFAULT_MAX_GRAD_NORM = 0.1
 LIGHTNING_DEFAULT_EPOCHS = 1000  # what Lightning trains when neither max_epochs nor max_steps is given
 RNG_STATE_KEY = "dinomaly_rng_state"
 
@@ -92,22 +109,22 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         target_layers: list[int] | None = None,
         fuse_layer_encoder: list[list[int]] | None = None,
         fuse_layer_decoder: list[list[int]] | None = None,
-        decoder_depth: int = 8,
-        bottleneck_dropout: float = 0.2,
-        image_size: int | tuple[int, int] = 448,
-        crop_size: int | tuple[int, int] | None = 392,
-        lr: float = 2e-3,
-        final_lr: float = 2e-4,
-        weight_decay: float = 1e-4,
-        eps: float = 1e-10,
-        warmup_steps: int = 100,
-        max_grad_norm: float = 0.1,
-        hard_mining_percent: float = 0.9,
-        hard_mining_ramp_steps: int = 1000,
-        hard_mining_factor: float = 0.1,
-        default_max_steps: int = 10_000,
-        eval_size: int | None = 256,
-        top_ratio: float = 0.01,
+        decoder_depth: int = DEFAULT_DECODER_DEPTH,
+        bottleneck_dropout: float = DEFAULT_BOTTLENECK_DROPOUT,
+        image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
+        lr: float = DEFAULT_LR,
+        final_lr: float = DEFAULT_LR * DEFAULT_FINAL_LR_RATIO,
+        weight_decay: float = DEFAULT_WEIGHT_DECAY,
+        eps: float = DEFAULT_EPS,
+        warmup_steps: int = DEFAULT_WARMUP_STEPS,
+        max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
+        hard_mining_percent: float = DEFAULT_HARD_MINING_FINAL,
+        hard_mining_ramp_steps: int = DEFAULT_HARD_MINING_RAMP_STEPS,
+        hard_mining_factor: float = DEFAULT_HARD_MINING_FACTOR,
+        default_max_steps: int = DEFAULT_MAX_STEPS,
+        eval_size: int | None = DEFAULT_EVAL_SIZE,
+        top_ratio: float = DEFAULT_TOP_RATIO,
         check_data: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -149,8 +166,8 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
     @classmethod
     def configure_pre_processor(
         cls,
-        image_size: int | tuple[int, int] = 448,
-        crop_size: int | tuple[int, int] | None = 392,
+        image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
     ) -> PreProcessor:
         """Resize to ``image_size``, center-crop ``crop_size``, ImageNet normalisation.
 
@@ -172,7 +189,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
                 f"the patch size {PATCH_SIZE}, e.g. 392 or 448."
             )
             raise ValueError(msg)
-        transforms.append(Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+        transforms.append(Normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
         return PreProcessor(transform=Compose(transforms))
 
     @staticmethod
@@ -276,7 +293,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
             eps=self.hparams.eps,
-            amsgrad=True,
+            amsgrad=DEFAULT_AMSGRAD,
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not 0 < total_steps < float("inf"):

@@ -12,8 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anomalib_dinomaly.encoder import PATCH_SIZE, PRETRAINING_GRID, DinoV2Encoder, load_weights_file
-from anomalib_dinomaly.torch_model import DinomalyModel
+from anomalib_dinomaly.encoder import (
+    DEFAULT_ENCODER,
+    ENCODER_VARIANTS,
+    INTERPOLATE_OFFSET,
+    PATCH_SIZE,
+    PRETRAINING_GRID,
+    DinoV2Encoder,
+    load_weights_file,
+    resolve_variant,
+)
+from anomalib_dinomaly.layers import DEFAULT_BOTTLENECK_DROPOUT
+from anomalib_dinomaly.torch_model import DEFAULT_DECODER_DEPTH, DEFAULT_GROUPS, DinomalyModel
 
 if TYPE_CHECKING:
     from anomalib_dinomaly.lightning_model import Dinomaly
@@ -33,24 +43,27 @@ OFFICIAL_CONFIG_KEYS = (
     "bottleneck_dropout",
 )
 
-#: The official ``dinomaly_mvtec_uni.py`` setting: ViT-B/14 with 4 registers.
-OFFICIAL_DEFAULT_CONFIG: dict[str, Any] = {
-    "embed_dim": 768,
-    "depth": 12,
-    "num_heads": 12,
-    "num_register_tokens": 4,
-    "patch_size": 14,
-    "pos_grid": 37,
-    "interpolate_offset": 0.1,
-    "target_layers": [2, 3, 4, 5, 6, 7, 8, 9],
-    "fuse_layer_encoder": [[0, 1, 2, 3], [4, 5, 6, 7]],
-    "fuse_layer_decoder": [[0, 1, 2, 3], [4, 5, 6, 7]],
-    "decoder_depth": 8,
-    "bottleneck_dropout": 0.2,
-}
-
-_VARIANT_BY_WIDTH = {384: "small", 768: "base", 1024: "large"}
 _ENCODER_KEYS = ("embed_dim", "depth", "num_heads", "num_register_tokens")
+
+
+def official_default_config() -> dict[str, Any]:
+    """The official ``dinomaly_mvtec_uni.py`` setting (ViT-B/14 with 4 registers): this package's defaults.
+
+    The encoder shape is timm's for the default variant; layers, groups, depth and dropout are the
+    defaults of :class:`DinomalyModel`.
+    """
+    variant = resolve_variant(DEFAULT_ENCODER)
+    return {
+        **variant.architecture,
+        "patch_size": variant.patch_size,
+        "pos_grid": PRETRAINING_GRID,
+        "interpolate_offset": INTERPOLATE_OFFSET,
+        "target_layers": list(variant.target_layers),
+        "fuse_layer_encoder": [list(group) for group in DEFAULT_GROUPS],
+        "fuse_layer_decoder": [list(group) for group in DEFAULT_GROUPS],
+        "decoder_depth": DEFAULT_DECODER_DEPTH,
+        "bottleneck_dropout": DEFAULT_BOTTLENECK_DROPOUT,
+    }
 
 
 def complete_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -59,7 +72,7 @@ def complete_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     Raises:
         ValueError: a patch size other than 14.
     """
-    merged = dict(OFFICIAL_DEFAULT_CONFIG)
+    merged = official_default_config()
     if config:
         merged.update({key: config[key] for key in OFFICIAL_CONFIG_KEYS if key in config})
     if merged["patch_size"] != PATCH_SIZE:
@@ -138,9 +151,12 @@ def convert_official_state_dict(
 
 
 def _encoder_name(config: Mapping[str, Any]) -> str:
-    """The named variant whose family matches a completed config (its widths may still be overridden)."""
-    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
-    return f"{'dinov2reg' if config['num_register_tokens'] else 'dinov2'}_vit_{width}_14"
+    """The named variant of the config's width, with or without registers as the config says; ViT-B for other
+    widths (whose shape the config then overrides)."""
+    registers = bool(config["num_register_tokens"])
+    candidates = [name for name in ENCODER_VARIANTS if name.startswith("dinov2reg_" if registers else "dinov2_vit")]
+    same_width = [name for name in candidates if resolve_variant(name).embed_dim == config["embed_dim"]]
+    return same_width[0] if same_width else f"{'dinov2reg' if registers else 'dinov2'}_vit_base_14"
 
 
 def _architecture(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,10 +240,10 @@ def dinomaly_from_official_checkpoint(
     from anomalib_dinomaly.lightning_model import Dinomaly  # the Lightning module imports anomalib: load on use
 
     config = complete_config(config)
-    if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, 0.1):
+    if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, INTERPOLATE_OFFSET):
         msg = (
             f"pos_grid {config['pos_grid']} / interpolate_offset {config['interpolate_offset']} differ from DINOv2's "
-            f"({PRETRAINING_GRID} / 0.1); use from_official_checkpoint for such a model."
+            f"({PRETRAINING_GRID} / {INTERPOLATE_OFFSET}); use from_official_checkpoint for such a model."
         )
         raise ValueError(msg)
     architecture = _architecture(config)

@@ -10,8 +10,10 @@ from torch import nn
 
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator, AnomalyMaps
 from anomalib_dinomaly.encoder import DinoV2Encoder
-from anomalib_dinomaly.layers import DecoderBlock, NoisyBottleneck
+from anomalib_dinomaly.layers import DEFAULT_BOTTLENECK_DROPOUT, DEFAULT_MLP_RATIO, DecoderBlock, NoisyBottleneck
 
+DEFAULT_DECODER_DEPTH = 8
+#: Layer groups fused for both encoder and decoder: the first and last four of the eight target layers.
 DEFAULT_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6, 7))
 
 
@@ -79,9 +81,9 @@ class DinomalyModel(nn.Module):
         target_layers: Sequence[int] | None = None,
         fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
         fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
-        decoder_depth: int = 8,
-        bottleneck_dropout: float = 0.2,
-        mlp_ratio: float = 4.0,
+        decoder_depth: int = DEFAULT_DECODER_DEPTH,
+        bottleneck_dropout: float = DEFAULT_BOTTLENECK_DROPOUT,
+        mlp_ratio: float = DEFAULT_MLP_RATIO,
         anomaly_map_generator: AnomalyMapGenerator | None = None,
     ) -> None:
         super().__init__()
