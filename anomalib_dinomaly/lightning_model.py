@@ -14,7 +14,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_STEPS = 10_000  # the paper's unified training length, used when the trainer sets none
 DEFAULT_MAX_GRAD_NORM = 0.1
-LIGHTNING_DEFAULT_EPOCHS = 1000  # what Lightning trains when neither max_epochs nor max_steps is given
 RNG_STATE_KEY = "dinomaly_rng_state"
 
 
@@ -229,28 +228,40 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No sanity validation; training length and clipping are handled in :meth:`setup` / clipping hook,
-        so that a user's ``max_steps`` / ``max_epochs`` / ``gradient_clip_val`` always win."""
+        """No sanity validation; training length and clipping are handled in
+        :meth:`apply_default_training_length` / :meth:`configure_gradient_clipping`, so that a user's
+        ``max_steps`` / ``max_epochs`` / ``gradient_clip_val`` always win."""
         return {"num_sanity_val_steps": 0}
 
     def forward(self, batch: torch.Tensor, *args, **kwargs):  # noqa: ANN201
         """Pre-process, predict, post-process a (B, C, H, W) batch with C in {1, 3, 4}; returns ``InferenceBatch``."""
         return super().forward(DinomalyModel.to_three_channels(batch), *args, **kwargs)
 
-    def setup(self, stage: str) -> None:
-        """Replace Lightning's implicit 1,000 epochs by the paper's ``default_max_steps`` (10,000) steps."""
-        if stage != "fit" or self._trainer is None:
-            return
-        trainer = self.trainer
-        implicit = (
-            trainer.max_steps == -1
-            and trainer.fit_loop.max_epochs == LIGHTNING_DEFAULT_EPOCHS
+    @AnomalibModule.trainer.setter
+    def trainer(self, trainer: Trainer | None) -> None:
+        """Lightning's setter, plus :meth:`apply_default_training_length` when a fit attaches this module."""
+        AnomalibModule.trainer.fset(self, trainer)
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            self.apply_default_training_length(trainer)
+
+    def apply_default_training_length(self, trainer: Trainer) -> None:
+        """Train ``default_max_steps`` (the paper's 10,000) steps when the trainer was given no length at all.
+
+        The rule: neither ``max_steps`` nor ``max_epochs`` (nor ``max_time``) was set. Lightning leaves an unset
+        ``max_epochs`` as ``None`` until its fit starts and only then turns it into 1,000 epochs; ``trainer.fit``
+        attaches the module before that, so here an unset ``max_epochs`` (``None``) and a user's
+        ``max_epochs=1000`` differ. Whatever the user sets wins, ``max_epochs=1000`` included.
+        """
+        fit_loop = trainer.fit_loop
+        unset = (
+            fit_loop.max_epochs is None
+            and trainer.max_steps == -1
             and not any(isinstance(callback, Timer) for callback in trainer.callbacks)
         )
-        if implicit:
+        if unset:
             logger.info("No max_steps/max_epochs given: training the paper's %d steps.", self.hparams.default_max_steps)
-            trainer.fit_loop.max_epochs = -1
-            trainer.fit_loop.epoch_loop.max_steps = self.hparams.default_max_steps
+            fit_loop.max_epochs = -1
+            fit_loop.epoch_loop.max_steps = self.hparams.default_max_steps
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Global cosine loss with hard mining at ``p`` for the current optimizer step."""
