@@ -100,16 +100,11 @@ def test_loss_and_gradients(golden):
 
 def test_hard_mining_threshold(golden):
     tr, fwd = golden["train"], golden["forward"]
-    import torch.nn.functional as F  # noqa: N812
-
     for group in range(2):
-        en, de = fwd[f"en_{group}"], fwd[f"de_{group}"]
-        point_dist = 1 - F.cosine_similarity(en, de, dim=1).unsqueeze(1)
-        torch.testing.assert_close(point_dist, tr[f"point_dist_{group}"], atol=1e-5, rtol=0)
-        k = int(point_dist.numel() * (1 - 0.9))
-        assert k == golden["inputs"]["reference_values"]["mining_k_p09"][str(group)]
-        threshold = torch.topk(point_dist.reshape(-1), k).values[-1]
-        torch.testing.assert_close(threshold, tr[f"mining_thresh_p09_{group}"], atol=1e-5, rtol=0)
+        mining = GlobalCosineHardMiningLoss.hard_mining_threshold(fwd[f"en_{group}"], fwd[f"de_{group}"], p=0.9)
+        torch.testing.assert_close(mining.point_distance, tr[f"point_dist_{group}"], atol=1e-5, rtol=0)
+        assert mining.k == golden["inputs"]["reference_values"]["mining_k_p09"][str(group)]
+        torch.testing.assert_close(mining.threshold, tr[f"mining_thresh_p09_{group}"], atol=1e-5, rtol=0)
 
 
 def test_one_optimizer_step_on_golden_gradients(golden):
