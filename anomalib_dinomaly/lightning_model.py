@@ -42,8 +42,6 @@ from anomalib_dinomaly.optim import (
     DEFAULT_LR,
     DEFAULT_WARMUP_STEPS,
     DEFAULT_WEIGHT_DECAY,
-    StableAdamW,
-    WarmupCosineLR,
 )
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
@@ -298,6 +296,9 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """StableAdamW on bottleneck and decoder; warm-up + cosine schedule stepped every optimizer step."""
+        # Imported here: this module may be loading while anomalib_dinomaly.optim imports anomalib (see there).
+        from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
+
         params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
         optimizer = StableAdamW(
             params,

@@ -35,6 +35,12 @@ def test_hook_is_cheap_at_interpreter_start():
     assert run([sys.executable, "-c", code], cwd=REPO).split() == []
 
 
+def test_plugin_registers_whichever_module_is_imported_first():
+    """anomalib_dinomaly.optim imports anomalib.models, which registers the plugin while optim is still loading."""
+    code = "import anomalib_dinomaly.optim; from anomalib.models import Dinomaly; print(Dinomaly.__module__)"
+    assert run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO).split()[-1] == "anomalib_dinomaly.lightning_model"
+
+
 def test_get_model_returns_plugin():
     from anomalib.models import get_model
 

