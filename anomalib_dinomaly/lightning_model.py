@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +33,10 @@ from anomalib_dinomaly.loss import (
     DEFAULT_HARD_MINING_FINAL,
     DEFAULT_HARD_MINING_RAMP_STEPS,
     GlobalCosineHardMiningLoss,
-    hard_mining_percent,
+    hard_mining_fraction,
 )
 from anomalib_dinomaly.metrics import CategoryEvaluator
+from anomalib_dinomaly.official import module_from_official_checkpoint
 from anomalib_dinomaly.optim import (
     DEFAULT_AMSGRAD,
     DEFAULT_EPS,
@@ -84,8 +86,9 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         lr, final_lr, weight_decay, eps, warmup_steps: StableAdamW and warm-up + cosine schedule
             (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step.
         max_grad_norm: gradient-norm clip (0.1), used when the trainer sets none.
-        hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: ``p`` rises linearly to 0.9 over
-            1,000 steps; easy points keep 0.1 of their gradient.
+        hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: the fraction ``p`` of easy points (a
+            fraction despite the official name) rises linearly to 0.9 over 1,000 steps; easy points keep 0.1 of
+            their gradient.
         default_max_steps: training length when the user gives neither max_steps nor max_epochs (10,000).
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
         check_data: check every image and mask file of the run's data sets before it starts (see
@@ -265,7 +268,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         """Global cosine loss with hard mining at ``p`` for the current optimizer step."""
         del args, kwargs
         encoder_groups, decoder_groups = self.model(batch.image)
-        p = hard_mining_percent(self.global_step, self.hparams.hard_mining_percent, self.hparams.hard_mining_ramp_steps)
+        p = hard_mining_fraction(self.global_step, self.hparams.hard_mining_percent, self.hparams.hard_mining_ramp_steps)
         loss = self.loss(encoder_groups, decoder_groups, p=p)
         if not bool(torch.isfinite(loss)):
             msg = (
@@ -342,6 +345,31 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._resumed_rng_state = checkpoint.get(RNG_STATE_KEY)
+
+    @classmethod
+    def from_official_checkpoint(
+        cls,
+        checkpoint: str | Path | Mapping[str, torch.Tensor],
+        config: Mapping[str, Any] | None = None,
+        **module_kwargs: Any,  # noqa: ANN401
+    ) -> Dinomaly:
+        """This module holding the weights of an official Dinomaly checkpoint (``ViTill.state_dict()``).
+
+        The counterpart of Lightning's ``load_from_checkpoint`` for the official code's checkpoints (the torch
+        model alone: :func:`anomalib_dinomaly.official.from_official_checkpoint`). Save it as a plugin checkpoint
+        (``engine.trainer.save_checkpoint`` after ``engine.validate``, which fits thresholds and normalisation)
+        or export it with ``engine.export``: see ``examples/official_to_openvino.py``.
+
+        Args:
+            checkpoint: path to a ``.pth`` / ``.safetensors`` file (read without executing code), or a state dict.
+            config: architecture keys (see :data:`anomalib_dinomaly.official.OFFICIAL_CONFIG_KEYS`); ``None`` =
+                the official ViT-B/14 with registers.
+            **module_kwargs: other constructor arguments (``image_size``, ``crop_size``, ...), not architecture.
+
+        Returns:
+            The module in eval mode; its encoder weights come from ``checkpoint`` (nothing is downloaded).
+        """
+        return module_from_official_checkpoint(cls, checkpoint, config, **module_kwargs)
 
     def on_train_start(self) -> None:
         """Continue the random streams (dropout noise, data order) of the run being resumed.

@@ -15,14 +15,15 @@ DEFAULT_HARD_MINING_RAMP_STEPS = 1000
 DEFAULT_HARD_MINING_FACTOR = 0.1
 
 
-def hard_mining_percent(
+def hard_mining_fraction(
     step: int,
     final: float = DEFAULT_HARD_MINING_FINAL,
     ramp_steps: int = DEFAULT_HARD_MINING_RAMP_STEPS,
 ) -> float:
-    """Share of easy points whose gradient is scaled down at optimizer step ``step`` (0-based).
+    """Fraction ``p`` of the points treated as easy (gradient scaled down) at optimizer step ``step`` (0-based).
 
-    ``p = min(final * step / ramp_steps, final)``: 0 at the first step, ``final`` from ``ramp_steps`` on.
+    ``p = min(final * step / ramp_steps, final)``: 0 at the first step, ``final`` from ``ramp_steps`` on. The
+    official code calls it a percent (``hm_percent``); it is a fraction in [0, 1).
     """
     if ramp_steps <= 0:
         return final
@@ -70,13 +71,13 @@ class GlobalCosineHardMiningLoss(nn.Module):
         Args:
             encoder_groups: G tensors (B, D, h, w); detached.
             decoder_groups: G tensors (B, D, h, w).
-            p: hard-mining percent in [0, 1).
+            p: fraction of easy points, in [0, 1) (see :func:`hard_mining_fraction`).
 
         Returns:
             Scalar loss.
         """
         if not 0.0 <= p < 1.0:
-            msg = f"hard-mining percent p must be in [0, 1), got {p}."
+            msg = f"hard-mining fraction p must be in [0, 1), got {p}."
             raise ValueError(msg)
         loss = encoder_groups[0].new_zeros(())
         for en, de in zip(encoder_groups, decoder_groups, strict=True):

@@ -215,30 +215,19 @@ def from_official_checkpoint(
     return model.eval()
 
 
-def dinomaly_from_official_checkpoint(
+def module_from_official_checkpoint(
+    module_class: type[Dinomaly],
     checkpoint: str | Path | Mapping[str, torch.Tensor],
     config: Mapping[str, Any] | None = None,
     **module_kwargs: Any,  # noqa: ANN401
 ) -> Dinomaly:
-    """An anomalib :class:`~anomalib_dinomaly.Dinomaly` module holding the weights of an official checkpoint.
-
-    Save it as a plugin checkpoint (``engine.trainer.save_checkpoint`` after ``engine.validate``, which fits
-    thresholds and normalisation) or export it with ``engine.export``: see ``examples/official_to_openvino.py``.
-
-    Args:
-        checkpoint: path or state dict in the official format, as for :func:`from_official_checkpoint`.
-        config: architecture keys (see :data:`OFFICIAL_CONFIG_KEYS`); ``None`` = official ViT-B/14-reg4.
-        **module_kwargs: other :class:`~anomalib_dinomaly.Dinomaly` arguments (``image_size``, ``crop_size``, ...).
-
-    Returns:
-        The module in eval mode; its encoder weights come from ``checkpoint`` (nothing is downloaded).
+    """A ``module_class`` module holding the weights of an official checkpoint: the implementation of
+    :meth:`Dinomaly.from_official_checkpoint <anomalib_dinomaly.Dinomaly.from_official_checkpoint>`.
 
     Raises:
         ValueError: a config whose position-embedding grid or offset is not DINOv2's (the module builds
             DINOv2's), or ``module_kwargs`` that repeat an architecture key.
     """
-    from anomalib_dinomaly.lightning_model import Dinomaly  # the Lightning module imports anomalib: load on use
-
     config = complete_config(config)
     if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, INTERPOLATE_OFFSET):
         msg = (
@@ -251,6 +240,6 @@ def dinomaly_from_official_checkpoint(
     if repeated:
         msg = f"{repeated} come from the official config; pass them in `config`, not as module arguments."
         raise ValueError(msg)
-    module = Dinomaly(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
+    module = module_class(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
     _load_official_weights(module.model, checkpoint, config)
     return module.eval()

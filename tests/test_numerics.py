@@ -7,7 +7,7 @@ import torch
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.layers import LinearAttention
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_fraction
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 from tests.conftest import TINY_MODEL
 
@@ -61,7 +61,7 @@ def _train_on_constant_images(steps: int, value: float, dtype: torch.dtype | Non
     for step in range(steps):
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             encoder_groups, decoder_groups = model(images)
-            loss = loss_fn(encoder_groups, decoder_groups, p=hard_mining_percent(step, 0.9, steps // 2))
+            loss = loss_fn(encoder_groups, decoder_groups, p=hard_mining_fraction(step, 0.9, steps // 2))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_fraction
 from anomalib_dinomaly.official import from_official_checkpoint
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 
@@ -146,7 +146,7 @@ def test_lr_and_mining_schedules(golden):
         optimizer.step()
         scheduler.step()
     torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), tr["lr_per_iter_f64"], rtol=1e-12, atol=0)
-    mining = torch.tensor([hard_mining_percent(it) for it in range(10_000)], dtype=torch.float64)
+    mining = torch.tensor([hard_mining_fraction(it) for it in range(10_000)], dtype=torch.float64)
     assert torch.equal(mining, tr["p_per_iter_f64"])
 
 
