@@ -25,8 +25,8 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_dinomaly.anomaly_map import DEFAULT_EVAL_SIZE, DEFAULT_TOP_RATIO, AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
-from anomalib_dinomaly.export import DinomalyExportMixin
 from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, PATCH_SIZE, DinoV2Encoder
+from anomalib_dinomaly.export import DinomalyExportMixin
 from anomalib_dinomaly.layers import DEFAULT_BOTTLENECK_DROPOUT
 from anomalib_dinomaly.loss import (
     DEFAULT_HARD_MINING_FACTOR,
