@@ -29,6 +29,7 @@ from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_perce
 from anomalib_dinomaly.metrics import CategoryEvaluator
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
+from anomalib_dinomaly.report import TestReport
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
 from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
 
@@ -194,10 +195,11 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         return DinomalyPostProcessor()
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks, plus the file check of :mod:`anomalib_dinomaly.data_check`."""
+        """anomalib's component callbacks, the file check of :mod:`anomalib_dinomaly.data_check` and the HTML test report."""
         callbacks = list(super().configure_callbacks())
         if self.hparams.check_data:
             callbacks.append(DataCheck())
+        callbacks.append(TestReport())
         return callbacks
 
     @property

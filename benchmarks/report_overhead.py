@@ -1,0 +1,81 @@
+"""Time that the HTML test report adds to ``engine.test`` on an MVTec-layout category.
+
+One model is trained for a few steps; then ``engine.test`` runs ``--repeats`` times with the report and as
+often without it (alternating, so drift hits both alike), on the same weights. Prints the median test time
+of each, the report's own writing time (``TestReport.seconds``) and the overhead in percent.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/report_overhead.py --data ../shared/data/mvtec_ad --category bottle
+    PYTHONPATH=. .venv/bin/python benchmarks/report_overhead.py --tiny   # 48-wide random encoder at 112 -> 98 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+
+from anomalib_dinomaly import Dinomaly
+from anomalib_dinomaly.report import TestReport
+
+TINY = {"embed_dim": 48, "depth": 10, "num_heads": 3, "image_size": 112, "crop_size": 98}
+
+
+class DinomalyWithoutReport(Dinomaly):
+    """The same model without the report callback."""
+
+    def configure_callbacks(self) -> list:
+        return [callback for callback in super().configure_callbacks() if not isinstance(callback, TestReport)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/mvtec_ad"))
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--encoder", default="dinov2reg_vit_small_14")
+    parser.add_argument("--tiny", action="store_true", help="tiny random encoder at 112 -> 98 px instead of --encoder at 448 -> 392")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("anomalib").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    torch.manual_seed(0)
+    kwargs = {"pretrained": False, **(TINY if args.tiny else {"encoder_name": args.encoder})}
+    with_report = Dinomaly(**kwargs, warmup_steps=2)
+    data = MVTecAD(root=args.data, category=args.category, train_batch_size=8, eval_batch_size=8, num_workers=0)
+    root = Path(tempfile.mkdtemp(prefix="report_overhead_"))
+    engine = Engine(default_root_dir=root, max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    engine.fit(model=with_report, datamodule=data)
+    without_report = DinomalyWithoutReport(**kwargs)
+    without_report.load_state_dict(with_report.state_dict())
+
+    times: dict[str, list[float]] = {"with report": [], "without report": []}
+    report_seconds = []
+    for _ in range(args.repeats):
+        for name, model in (("with report", with_report), ("without report", without_report)):
+            started = time.perf_counter()
+            engine.test(model=model, datamodule=data, verbose=False)
+            times[name].append(time.perf_counter() - started)
+            report = next((c for c in engine.trainer.callbacks if isinstance(c, TestReport)), None)
+            if report is not None:
+                report_seconds.append(report.seconds)
+    with_s, without_s = (statistics.median(times[name]) for name in ("with report", "without report"))
+    images = len(data.test_data)
+    model_name = "tiny random encoder 112 -> 98" if args.tiny else f"{args.encoder} (random weights) 448 -> 392"
+    print(f"{args.category}, {images} test images, {model_name}, {torch.get_num_threads()} threads, {args.repeats} repeats")
+    print(f"engine.test median: {with_s:.2f} s with the report, {without_s:.2f} s without")
+    print(f"report writing (TestReport.seconds) median: {statistics.median(report_seconds):.3f} s")
+    print(f"overhead: {100 * (with_s - without_s) / without_s:+.1f} % of the test time (difference of medians), "
+          f"{100 * statistics.median(report_seconds) / without_s:.1f} % (writing time / test time)")
+
+
+if __name__ == "__main__":
+    main()
