@@ -172,7 +172,7 @@ def test_report_is_written_beside_the_metrics_with_every_image(tested):
     assert f"<td>{100 * row['pixel_AUROC']:.1f}</td>" in page
     assert "training steps</dt><dd>3<" in page and "resize 112x112, center crop 98x98" in page
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert 0 < len(sources) <= 3 * tested.report.gallery_size
+    assert len(sources) == 11  # 5 good + 6 defective, each in one gallery (galleries hold 6, none repeats an image)
     assert len(set(sources)) == len(sources) and all((tested.results / source).is_file() for source in sources)
     assert page.count("<svg") == 3  # ROC, PR, histogram for the one category
     match = re.search(r"(\d+) false alarms \(of (\d+) good\), (\d+) misses \(of (\d+) defective\)", page)

@@ -9,7 +9,6 @@ images are read again only for the few gallery entries, when the page is written
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import os
 import time
@@ -83,7 +82,7 @@ class TopK:
         self.capacity = capacity
         self.largest = largest
         self._heap: list[tuple[float, int, Example]] = []
-        self._order = itertools.count()
+        self._pushed = 0  # tie-breaker: earlier examples first (a plain int, so that records pickle for DDP)
 
     def _key(self, score: float) -> float:
         return score if self.largest else -score
@@ -96,7 +95,8 @@ class TopK:
         """Keep ``example`` if it is among the ``capacity`` best so far."""
         if not self.accepts(example.score):
             return
-        item = (self._key(example.score), next(self._order), example)
+        self._pushed += 1
+        item = (self._key(example.score), -self._pushed, example)
         if len(self._heap) < self.capacity:
             heapq.heappush(self._heap, item)
         else:
@@ -104,7 +104,7 @@ class TopK:
 
     def examples(self) -> list[Example]:
         """Kept examples, most extreme first."""
-        return [item[2] for item in sorted(self._heap, key=lambda item: (-item[0], item[1]))]
+        return [item[2] for item in sorted(self._heap, key=lambda item: (-item[0], -item[1]))]
 
 
 #: Galleries per category: key -> (title, description, ground-truth label, keep the highest scores).
@@ -241,14 +241,14 @@ class TestReport(Callback):
                     if labels[i] != label or not top.accepts(float(scores[i])):
                         continue
                     anomaly_map = None if batch.anomaly_map is None else _shrink(batch.anomaly_map[i], self.map_side)
-                    mask_path = mask_paths[i]
+                    mask_path = str(mask_paths[i] or "")  # anomalib collates a missing mask as "None" in mixed batches
                     top.push(
                         Example(
                             float(scores[i]),
                             int(labels[i]),
                             bool(flagged[i]),
                             str(image_paths[i]),
-                            str(mask_path) if mask_path else None,
+                            mask_path if mask_path and Path(mask_path).is_file() else None,
                             anomaly_map,
                         )
                     )
