@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mvtec_ad"))
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--encoder", default="dinov2reg_vit_small_14")
-    parser.add_argument("--tiny", action="store_true", help="tiny random encoder at 112 -> 98 px instead of --encoder at 448 -> 392")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny random encoder at 112 -> 98 px instead of --encoder at 448 -> 392"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

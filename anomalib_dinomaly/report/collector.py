@@ -30,7 +30,14 @@ from anomalib_dinomaly.metrics.thresholds import CategoryThresholds
 from anomalib_dinomaly.report.figures import Marker, histogram_svg, pr_svg, roc_svg
 from anomalib_dinomaly.report.overlay import ColourScale, overlay_thumbnail
 from anomalib_dinomaly.report.page import Gallery, Section, Tile, anchor, metrics_table_html, render_page
-from anomalib_dinomaly.report.run_info import RunInfo, encoder_is_random, now, package_versions, paper_comparison
+from anomalib_dinomaly.report.run_info import (
+    PaperComparison,
+    RunInfo,
+    encoder_is_random,
+    now,
+    package_versions,
+    paper_comparison,
+)
 
 __all__ = ["GALLERIES", "READING_GUIDE", "Example", "TestReport", "TopK"]
 
@@ -315,8 +322,10 @@ class TestReport(Callback):
         path.write_text(page, encoding="utf-8")
         return path
 
-    def _comparison(self, trainer: Trainer, pl_module: LightningModule, categories: list[str]):  # noqa: ANN202
-        from anomalib_dinomaly.data.multi_class import UNIFIED, known_categories
+    @staticmethod
+    def _comparison(trainer: Trainer, pl_module: LightningModule, categories: list[str]) -> PaperComparison | None:
+        """The paper's figures for the run's data set, if the paper reports it."""
+        from anomalib_dinomaly.data.multi_class import UNIFIED, known_categories  # the data package is heavier
 
         dataset = _dataset_name(trainer)
         hparams = getattr(pl_module, "hparams", {})
@@ -418,7 +427,8 @@ class TestReport(Callback):
 def _save_thumbnail(example: Example, geometry: Geometry, scale: ColourScale, target: Path) -> bool:
     """Write the example's overlay thumbnail as JPEG; ``False`` (and a warning) if its image cannot be read."""
     try:
-        overlay_thumbnail(example.image_path, example.anomaly_map, geometry, scale, example.mask_path).save(target, quality=85)
+        thumbnail = overlay_thumbnail(example.image_path, example.anomaly_map, geometry, scale, example.mask_path)
+        thumbnail.save(target, quality=85)
     except OSError as error:  # e.g. the file moved since the test: leave it out of the page, keep the rest
         logger.warning("Report: cannot read %s (%s); left out of the gallery.", example.image_path, error)
         return False

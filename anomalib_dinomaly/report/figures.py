@@ -153,7 +153,8 @@ def roc_svg(scores: np.ndarray, labels: np.ndarray, auroc: float | None = None) 
         'stroke-dasharray="3 3"/>'
     )
     ticks = {"x": [0, 0.5, 1], "y": [0, 0.5, 1]}
-    return _svg(title, [diagonal, _polyline(frame, fpr, tpr, CURVE_COLOUR)], frame, "false-positive rate", "true-positive rate", ticks)
+    body = [diagonal, _polyline(frame, fpr, tpr, CURVE_COLOUR)]
+    return _svg(title, body, frame, "false-positive rate", "true-positive rate", ticks)
 
 
 def pr_svg(scores: np.ndarray, labels: np.ndarray, average_precision: float | None = None) -> str:
@@ -226,7 +227,10 @@ def histogram_svg(
     for marker in markers:
         x = frame.x(marker.value)
         dash = ' stroke-dasharray="4 3"' if marker.dashed else ""
-        body.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="{marker.colour}" stroke-width="1.5"{dash}/>')
+        body.append(
+            f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="{marker.colour}" '
+            f'stroke-width="1.5"{dash}/>'
+        )
         anchor = "end" if x > (frame.left + frame.right) / 2 else "start"
         shift = -3 if anchor == "end" else 3
         body.append(

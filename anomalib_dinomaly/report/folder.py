@@ -76,7 +76,11 @@ def write_folder_report(
             thumbnail.save(target, quality=85)
         decision = "flagged (NG)" if flagged[index] else "passed (OK)"
         gallery.tiles.append(
-            Tile(f"{files.name}/{target.name}", [f"#{rank + 1} · score {scores[index]:.3f} · {decision}", row.get("image", "")], bool(flagged[index]))
+            Tile(
+                f"{files.name}/{target.name}",
+                [f"#{rank + 1} · score {scores[index]:.3f} · {decision}", row.get("image", "")],
+                bool(flagged[index]),
+            )
         )
     counts = (
         f"{len(rows)} images: {int(flagged.sum())} flagged (NG), {int((~flagged).sum())} passed (OK) at threshold "

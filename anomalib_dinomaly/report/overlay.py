@@ -60,7 +60,8 @@ def _thumbnail(path: str | Path, side: int) -> np.ndarray:
     height, width = pixels.shape[:2]
     factor = min(1.0, side / max(height, width))
     if factor < 1:
-        pixels = cv2.resize(pixels, (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=cv2.INTER_AREA)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(pixels[..., ::-1])
 
 

@@ -112,7 +112,8 @@ def metrics_table_html(rows: Mapping[str, Mapping[str, float]], comparison: Pape
     for name, row in rows.items():
         cells = "".join(f"<td>{_percent(row.get(metric, math.nan))}</td>" for metric in metrics)
         lines.append(f'<tr><td><a href="#{anchor(name)}">{escape(name)}</a></td>{cells}</tr>')
-    lines.append(f'<tr class="mean"><td>{MEAN} ({len(rows)})</td>' + "".join(f"<td>{_percent(mean[m])}</td>" for m in metrics) + "</tr>")
+    mean_cells = "".join(f"<td>{_percent(mean[metric])}</td>" for metric in metrics)
+    lines.append(f'<tr class="mean"><td>{MEAN} ({len(rows)})</td>{mean_cells}</tr>')
     notes = []
     if comparison is not None:
         paper_cells, difference_cells = [], []
@@ -137,7 +138,9 @@ def metrics_table_html(rows: Mapping[str, Mapping[str, float]], comparison: Pape
             )
         else:
             notes.append(
-                "Not the paper's setting, so the difference is shown uncoloured: " + escape("; ".join(comparison.mismatches)) + "."
+                "Not the paper's setting, so the difference is shown uncoloured: "
+                + escape("; ".join(comparison.mismatches))
+                + "."
             )
     lines.append("</tbody></table>")
     lines.extend(f'<p class="note">{note}</p>' for note in notes)
