@@ -52,6 +52,37 @@ def test_top_k_keeps_the_most_extreme_scores_in_order():
     assert [e.score for e in lowest.examples()] == sorted(scores)[:5]
 
 
+def test_collector_keeps_only_the_top_k_with_shrunk_maps_per_category():
+    """Memory does not grow with the test set: per category, scores plus k small maps per gallery."""
+    report = TestReport(gallery_size=3, map_side=16)
+    trainer = SimpleNamespace(datamodule=None)
+    report.on_test_epoch_start(trainer, None)
+    generator = torch.Generator().manual_seed(0)
+    for index in range(50):
+        scores = torch.rand(8, generator=generator)
+        batch = SimpleNamespace(
+            pred_score=scores,
+            gt_label=torch.arange(8) % 2 == 1,
+            pred_label=scores > 0.5,
+            anomaly_map=torch.rand(8, 1, 98, 98, generator=generator),
+            image_path=[f"{index}_{i}.png" for i in range(8)],
+            mask_path=None,
+            category=["a"] * 4 + ["b"] * 4,
+        )
+        report.on_test_batch_end(trainer, None, None, batch, index)
+    records = report._records  # noqa: SLF001
+    assert list(records) == ["a", "b"]
+    for record in records.values():
+        scores, labels, flagged = record.arrays()
+        assert scores.size == labels.size == flagged.size == 200
+        good, defective = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
+        expected = {"false_alarms": good[::-1][:3], "misses": defective[:3], "top_defects": defective[::-1][:3]}
+        for key, top in record.galleries.items():
+            kept = top.examples()
+            np.testing.assert_allclose([e.score for e in kept], expected[key], rtol=1e-6)
+            assert all(e.anomaly_map.shape == (16, 16) and e.anomaly_map.dtype == np.float16 for e in kept)
+
+
 def test_roc_curve_area_equals_auroc_with_ties_and_pr_ends_at_full_recall():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
