@@ -293,8 +293,7 @@ class TestReport(Callback):
         post_processor = getattr(pl_module, "post_processor", None)
         image_threshold, scale = _thresholds(post_processor)
         category_thresholds = _category_thresholds(trainer, post_processor)
-        transform = getattr(getattr(pl_module, "pre_processor", None), "transform", None)
-        geometry = transform_geometry(transform) if transform is not None else Geometry(None, None)
+        geometry = _geometry(pl_module)
         evaluator = getattr(pl_module, "evaluator", None)
         table = getattr(evaluator, "table", None)
         rows = dict(table.rows) if table is not None else {}
@@ -433,6 +432,18 @@ def _save_thumbnail(example: Example, geometry: Geometry, scale: ColourScale, ta
         logger.warning("Report: cannot read %s (%s); left out of the gallery.", example.image_path, error)
         return False
     return True
+
+
+def _geometry(pl_module: LightningModule) -> Geometry:
+    """The model's resize and center crop; none (the map covers the whole image) if they cannot be read."""
+    transform = getattr(getattr(pl_module, "pre_processor", None), "transform", None)
+    if transform is None:
+        return Geometry(None, None)
+    try:
+        return transform_geometry(transform)
+    except ValueError as error:
+        logger.warning("Report: %s Maps are drawn over the whole image.", error)
+        return Geometry(None, None)
 
 
 def _short(path: str) -> str:
