@@ -195,7 +195,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         return DinomalyPostProcessor()
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks, the file check of :mod:`anomalib_dinomaly.data_check` and the HTML test report."""
+        """anomalib's component callbacks, plus the file check of :mod:`anomalib_dinomaly.data_check`."""
         callbacks = list(super().configure_callbacks())
         if self.hparams.check_data:
             callbacks.append(DataCheck())
