@@ -1,10 +1,10 @@
 """Time that the HTML test report adds to ``engine.test`` on an MVTec-layout category.
 
 One model is trained for a few steps; then ``engine.test`` runs ``--repeats`` times with the report and as
-often without it (alternating, so drift hits both alike), on the same weights. Prints every test time, the
-medians, and the time spent inside the report's hooks (collecting during the test, writing at its end),
-which is the report's own cost and, unlike the difference of two test times, does not drown in the noise
-of a busy machine.
+often without it, on the same weights, in ABBA order (a steady drift of the machine's speed hits both
+alike). Prints every test time, the medians, and the time spent inside the report's hooks (collecting
+during the test, writing at its end): the report's own cost, which unlike the difference of two test
+times does not drown in the noise of a busy machine.
 
     PYTHONPATH=. .venv/bin/python benchmarks/report_overhead.py --data ../shared/data/mvtec_ad --category bottle
     PYTHONPATH=. .venv/bin/python benchmarks/report_overhead.py --tiny   # 48-wide random encoder at 112 -> 98 px
@@ -79,8 +79,9 @@ def main() -> None:
         setattr(TestReport, hook, timed(getattr(TestReport, hook), hook_seconds))
     times: dict[str, list[float]] = {"with report": [], "without report": []}
     report_seconds, write_seconds = [], []
-    for _ in range(args.repeats):
-        for name, model in (("with report", with_report), ("without report", without_report)):
+    pair = [("with report", with_report), ("without report", without_report)]
+    for repeat in range(args.repeats):
+        for name, model in pair if repeat % 2 == 0 else pair[::-1]:  # ABBA order: a linear drift cancels
             hook_seconds[0] = 0.0
             started = time.perf_counter()
             engine.test(model=model, datamodule=data, verbose=False)
