@@ -101,7 +101,7 @@ def write_folder_report(
     page = render_page(
         "Dinomaly folder report",
         info,
-        [Section(directory.name or "images", counts, [histogram], [gallery])],
+        [Section("scored images", counts, [histogram], [gallery])],
         scale=ColourScale(0.0, 0.5, 1.0),  # infer_folder.py colours normalised maps 0..1, pixel threshold 0.5
         reading_guide=guide,
     )

@@ -154,7 +154,7 @@ def _colour_bar(scale: ColourScale) -> str:
         f"<span>{scale.low:.3g}</span>"
         f'<span class="bar" style="background:{JET_CSS}"><span class="tick" style="left:{position:.1f}%"></span></span>'
         f"<span>{scale.high:.3g}</span><span>(black tick: pixel threshold {scale.threshold:.3g}; white outline: "
-        "ground-truth defect; uncoloured border: outside the model's center crop)</span></div>"
+        "ground-truth defect, where a mask exists; uncoloured border: outside the model's center crop)</span></div>"
     )
 
 
