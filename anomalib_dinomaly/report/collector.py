@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -300,7 +301,8 @@ class TestReport(Callback):
 
         info = self._run_info(trainer, pl_module, geometry, image_threshold, category_thresholds)
         files = directory / (Path(self.file_name).stem + "_files")
-        files.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(files, ignore_errors=True)  # the thumbnails of an earlier test into the same folder
+        files.mkdir(parents=True)
         pending: list[tuple[Gallery, Tile, Future]] = []
         # decoding the original images dominates; OpenCV releases the GIL, so threads overlap it
         with ThreadPoolExecutor(max_workers=min(THUMBNAIL_THREADS, os.cpu_count() or 1)) as pool:

@@ -9,6 +9,7 @@ present, ``overlay``: the heat-map overlay on the original image, relative to th
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ def write_folder_report(
     order = np.argsort(-scores, kind="stable")
 
     files = directory / (Path(file_name).stem + "_files")
-    files.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(files, ignore_errors=True)  # thumbnails of an earlier run into the same folder
+    files.mkdir(parents=True)
     gallery = Gallery(
         f"The {min(limit, len(rows))} highest-scoring images",
         f"Sorted by score; all {len(rows)} are in {predictions_csv.name}.",
