@@ -46,6 +46,7 @@ from anomalib_dinomaly.optim import (
     DEFAULT_WEIGHT_DECAY,
 )
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
+from anomalib_dinomaly.report import TestReport
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
 from anomalib_dinomaly.torch_model import DEFAULT_DECODER_DEPTH, DEFAULT_GROUPS, DinomalyModel
 
@@ -215,6 +216,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         callbacks = list(super().configure_callbacks())
         if self.hparams.check_data:
             callbacks.append(DataCheck())
+        callbacks.append(TestReport())
         return callbacks
 
     @property

@@ -159,6 +159,7 @@ def main() -> int:
     print(f"OpenVINO vs torch: max score difference {worst:.2e} over {len(rows)} images")
     print(f"Wrote {output}/metrics.md, metrics.csv, predictions.csv, heatmaps/ ({len(rows)} images), "
           f"export/ in {time.time() - started:.0f} s")  # fmt: skip
+    print(f"Test report: {Path(engine.trainer.default_root_dir) / 'report.html'}")
     if not weights.get("pretrained") and "encoder_weights" not in weights:
         print(f"{BANNER}\n  REMINDER: the encoder had RANDOM weights; these numbers are not meaningful.\n{BANNER}")
     return 0

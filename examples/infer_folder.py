@@ -30,6 +30,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from anomalib_dinomaly.deploy import Geometry, read_geometry, transform_geometry, uncrop_anomaly_map
+from anomalib_dinomaly.report import write_folder_report
 
 
 class Prediction(NamedTuple):
@@ -138,6 +139,7 @@ def run(model: Path, input_dir: Path, output: Path, device: str = "CPU", precisi
                     overlay_path.relative_to(output).as_posix(),
                 ],
             )
+    write_folder_report(csv_path, model=model)
     return csv_path
 
 
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     csv_path = run(args.model, args.input, args.output, args.device, args.precision)
-    print(f"Wrote {csv_path} and overlays in {args.output / 'overlays'}")
+    print(f"Wrote {csv_path}, report.html and overlays in {args.output}")
 
 
 if __name__ == "__main__":

@@ -84,10 +84,13 @@ def test_cli_train_test_export_on_mvtec_bottle(tmp_path, mvtec_root):
     run_dir = tmp_path / "results" / "DinomalyPlugin" / "MVTecAD" / "bottle" / "v0"
     checkpoint = run_dir / "weights" / "lightning" / "model.ckpt"
     assert checkpoint.is_file() and (run_dir / "images").is_dir()
+    assert (run_dir / "report.html").is_file() and (run_dir / "per_category_metrics.md").is_file()
+    (run_dir / "report.html").unlink()
 
     out = run([ANOMALIB, "test", "--model", "Dinomaly", *TINY_ARGS, *data, "--ckpt_path", str(checkpoint),
                "--default_root_dir", "results"], cwd=tmp_path)  # fmt: skip
     assert "pixel_AUROC" in out
+    assert len(list((tmp_path / "results").rglob("report.html"))) == 1  # written by `anomalib test`
     run([ANOMALIB, "predict", "--model", "Dinomaly", *TINY_ARGS, "--data", str(mvtec_root / "bottle/test/broken_large"),
          "--ckpt_path", str(checkpoint), "--default_root_dir", "results"], cwd=tmp_path)  # fmt: skip
     run([ANOMALIB, "export", "--model", "Dinomaly", *TINY_ARGS, "--export_type", "openvino",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,10 @@ def test_ddp_two_processes_match_one(mvtec_root, tmp_path):
     assert set(first["metrics"]) == set(single["metrics"])
     for name, value in single["metrics"].items():
         assert first["metrics"][name] == pytest.approx(value, abs=1e-4), name
+    # the HTML report gathers both ranks' images: the same counts as one process
+    pages = [next((tmp_path / name / "runs").rglob("report.html")).read_text() for name in ("single", "ddp")]
+    counts = [re.search(r"\d+ test images: [^<]*", page)[0] for page in pages]
+    assert counts[0] == counts[1] and counts[0].startswith("10 test images: 4 good, 6 defective")
 
 
 @pytest.mark.parametrize("labels", [[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])

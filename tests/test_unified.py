@@ -88,6 +88,9 @@ def test_table_has_every_category_and_the_unweighted_mean(unified):
     assert CategoryTable.read_csv(unified.results_dir / "per_category_metrics.csv").rows == table.rows
     rows = (unified.results_dir / "per_category_metrics.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in rows[2:]] == [*CATEGORIES, "**mean**"]
+    page = (unified.results_dir / "report.html").read_text()  # the test report draws each category's threshold
+    for name, threshold in unified.thresholds.normalized(unified.model.post_processor)[0].items():
+        assert f'id="category-{name}"' in page and f"category threshold {threshold:.3g}" in page
 
 
 def test_rows_equal_a_single_category_evaluation_of_the_same_model(unified, mvtec_root, magnetic_tile_root):
