@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ import torch
 from anomalib.engine.plugins import AnomalibCheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from anomalib_dinomaly.atomic_files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -39,39 +39,6 @@ def _is_local(path: str | Path) -> bool:
 
 class CheckpointFileError(RuntimeError):
     """A checkpoint file that is empty, cut short or not a PyTorch checkpoint; the message names it."""
-
-
-def atomic_write_bytes(data: bytes | memoryview, path: str | Path) -> None:
-    """Write ``data`` to ``path`` so that ``path`` never holds a partial file, even if the process is killed.
-
-    The bytes go to a temporary file in ``path``'s own folder, are flushed to disk, and the file is renamed
-    over ``path``; the folder entry is then flushed too. On any error the temporary file is removed and
-    ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:  # noqa: ANN401

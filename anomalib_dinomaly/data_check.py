@@ -81,20 +81,33 @@ def inspect_image_file(path: str | Path) -> FileInfo:
     return info
 
 
-def _check_sample(image_path: str, mask_path: str | None) -> tuple[list[str], tuple[int, int] | None]:
-    """Problems of one (image, mask) pair, and the image size (width, height) when readable."""
-    problems: list[str] = []
+def image_file_problem(path: str | Path) -> tuple[str | None, FileInfo | None]:
+    """The training rules for one image file: readable, complete, and not a mode that anomalib's reader clips.
+
+    Returns:
+        ``(problem, info)``: a message naming the file and what to do (``None`` if the file is fine), and the
+        file's header facts when it could be read.
+    """
     try:
-        image = inspect_image_file(image_path)
+        image = inspect_image_file(path)
     except OSError as error:
-        return [f"{error}. Replace or remove the file."], None
+        return f"{error}. Replace or remove the file.", None
     if image.mode in CLIPPED_MODES:
-        problems.append(
-            f"{image_path}: {image.mode!r} image (16/32-bit or float). anomalib reads images with PIL's "
+        return (
+            f"{path}: {image.mode!r} image (16/32-bit or float). anomalib reads images with PIL's "
             "convert('RGB'), which clips values above 255, so this image would be used almost white. "
             "Convert the images to 8 bit first with one scaling for all of them, e.g. with numpy "
             "(array >> 8).astype('uint8'), or >> 4 for a 12-bit camera."
-        )
+        ), image
+    return None, image
+
+
+def _check_sample(image_path: str, mask_path: str | None) -> tuple[list[str], tuple[int, int] | None]:
+    """Problems of one (image, mask) pair, and the image size (width, height) when readable."""
+    problem, image = image_file_problem(image_path)
+    if image is None:
+        return [problem], None
+    problems = [problem] if problem else []
     if mask_path:
         try:
             mask = inspect_image_file(mask_path)
