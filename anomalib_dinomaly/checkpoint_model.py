@@ -61,18 +61,30 @@ def _source(module: LightningModule) -> str:
     return f"Checkpoint {path}" if path else "The checkpoint"
 
 
-def _guess_anomalib_model(keys: Iterable[str]) -> str | None:
-    """anomalib models whose constructor takes every one of ``keys`` (closest first), e.g. ``Padim``."""
-    import anomalib.models as models
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def _guess_model(module: LightningModule, keys: Iterable[str]) -> str | None:
+    """Imported anomalib models whose constructor takes every one of ``keys`` (closest first), e.g. ``Padim``."""
+    from anomalib.models import AnomalibModule
+
+    from anomalib_dinomaly.registry import BUILTIN_ALIAS
 
     keys = set(keys)
-    found = []
-    for name in getattr(models, "__all__", dir(models)):
-        candidate = getattr(models, name, None)
-        if inspect.isclass(candidate) and issubclass(candidate, LightningModule):
-            arguments = set(_init_arguments(candidate)) - set(COMPONENTS)
-            if keys <= arguments:
-                found.append((len(arguments - keys), candidate.__qualname__.lstrip("_")))
+    found = set()
+    for candidate in _subclasses(AnomalibModule):
+        if candidate is type(module) or candidate.__name__.startswith("_") and candidate.__qualname__ != BUILTIN_ALIAS:
+            continue
+        arguments = set(_init_arguments(candidate)) - set(COMPONENTS)
+        if keys <= arguments:
+            name = candidate.__qualname__
+            if name == BUILTIN_ALIAS:
+                name = "built-in Dinomaly (which ANOMALIB_DINOMALY_OVERRIDE=0 selects)"
+            found.add((len(arguments - keys), f"{candidate.__module__.split('.')[0]}'s {name}"))
     return " or ".join(name for _, name in sorted(found)[:_LISTED]) or None
 
 
@@ -93,8 +105,8 @@ def _check_model_class(module: LightningModule, checkpoint: Mapping[str, Any], a
     hparams = checkpoint.get("hyper_parameters") or {}
     foreign = [key for key in hparams if key not in arguments]
     if foreign or "state_dict" not in checkpoint:
-        guess = _guess_anomalib_model(hparams) if hparams else None
-        what = f"anomalib's {guess}" if guess else "another model"
+        guess = _guess_model(module, hparams) if hparams else None
+        what = guess or "another model"
         msg = (
             f"{_source(module)} is not a {name} checkpoint: it looks like {what} (hyper-parameters "
             f"{_describe(hparams) or 'none'}; {name} has no {', '.join(foreign[:_LISTED]) or 'state_dict'}). "
@@ -170,3 +182,17 @@ def adapt_to_checkpoint(module: LightningModule, checkpoint: Mapping[str, Any]) 
     _rebuild(module, checkpoint.get("hyper_parameters") or {}, arguments)
     if getattr(module, "strict_loading", True):
         _check_weights_fit(module, checkpoint["state_dict"])
+
+
+def refresh_datamodule_resize(module: LightningModule) -> None:
+    """Give the run's data sets the Resize of the pre-processing restored from the checkpoint.
+
+    anomalib's image datamodules copy the model's Resize into their data sets when they are set up, which is
+    before Lightning reads the checkpoint; without this, images would be resized for the pre-processing the
+    model was built with, then again for the checkpoint's.
+    """
+    trainer = getattr(module, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    update = getattr(datamodule, "_update_augmentations", None)
+    if callable(update):
+        update()

@@ -26,7 +26,12 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
 from anomalib_dinomaly.arguments import check_arguments
 from anomalib_dinomaly.checkpoint_io import AtomicCheckpoints, check_checkpoint_file
-from anomalib_dinomaly.checkpoint_model import CheckpointMismatchError, adapt_to_checkpoint, mark_checkpoint
+from anomalib_dinomaly.checkpoint_model import (
+    CheckpointMismatchError,
+    adapt_to_checkpoint,
+    mark_checkpoint,
+    refresh_datamodule_resize,
+)
 from anomalib_dinomaly.data_check import DataCheck
 from anomalib_dinomaly.deploy import DinomalyExportMixin
 from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
@@ -338,6 +343,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         adapt_to_checkpoint(self, checkpoint)
         self._deferred_encoder_weights = None
         super().on_load_checkpoint(checkpoint)
+        refresh_datamodule_resize(self)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._resumed_rng_state = checkpoint.get(RNG_STATE_KEY)
 
