@@ -32,7 +32,7 @@ from anomalib_dinomaly.checkpoint_model import (
     mark_checkpoint,
     refresh_datamodule_resize,
 )
-from anomalib_dinomaly.data_check import DataCheck
+from anomalib_dinomaly.data_check import DataCheck, check_mask_folders
 from anomalib_dinomaly.deploy import DinomalyExportMixin
 from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
 from anomalib_dinomaly.input_range import InputRangeCheck
@@ -240,6 +240,12 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         self._input_range_check(batch)
         self.load_pretrained_encoder()
         return super().forward(DinomalyModel.to_three_channels(batch), *args, **kwargs)
+
+    def prepare_data(self) -> None:
+        """Check the data folders' layout before the datamodule reads them (see ``check_data``)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if self.hparams.check_data and datamodule is not None:
+            check_mask_folders(datamodule)
 
     def load_pretrained_encoder(self) -> None:
         """Fetch the published encoder weights now if they are still pending (see ``pretrained``); else nothing."""
