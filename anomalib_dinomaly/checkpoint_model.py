@@ -103,7 +103,8 @@ def _check_model_class(module: LightningModule, checkpoint: Mapping[str, Any], a
         )
         raise CheckpointMismatchError(msg)
     hparams = checkpoint.get("hyper_parameters") or {}
-    foreign = [key for key in hparams if key not in arguments]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(type(module).__init__).parameters.values())
+    foreign = [] if takes_any else [key for key in hparams if key not in arguments]
     if foreign or "state_dict" not in checkpoint:
         guess = _guess_model(module, hparams) if hparams else None
         what = guess or "another model"
