@@ -58,7 +58,7 @@ def check_checkpoint_file(path: str | Path) -> None:
         FileNotFoundError: the file does not exist.
         CheckpointFileError: the file is empty, cut short, or another kind of file.
     """
-    if not _is_local(path):
+    if not isinstance(path, str | Path) or not _is_local(path):
         return
     path = Path(path)
     if not path.is_file():

@@ -13,9 +13,12 @@ the same behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +33,7 @@ COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
 #: Arguments that only say where the encoder weights come from; the checkpoint holds the weights.
 WEIGHT_SOURCES = ("pretrained", "encoder_weights")
 _LISTED = 3
+_SOURCE: ContextVar[str | None] = ContextVar("checkpoint_source", default=None)
 
 
 class CheckpointMismatchError(ValueError):
@@ -55,9 +59,20 @@ def _plain(value: Any) -> Any:  # noqa: ANN401
     return value
 
 
+@contextlib.contextmanager
+def checkpoint_source(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in the errors of :func:`adapt_to_checkpoint` (for loads outside a trainer)."""
+    token = _SOURCE.set(str(path))
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
+
+
 def _source(module: LightningModule) -> str:
     trainer = getattr(module, "_trainer", None)
     path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+    path = path or _SOURCE.get()
     return f"Checkpoint {path}" if path else "The checkpoint"
 
 

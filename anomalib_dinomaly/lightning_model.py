@@ -27,8 +27,8 @@ from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
 from anomalib_dinomaly.arguments import check_arguments
 from anomalib_dinomaly.checkpoint_io import AtomicCheckpoints, check_checkpoint_file
 from anomalib_dinomaly.checkpoint_model import (
-    CheckpointMismatchError,
     adapt_to_checkpoint,
+    checkpoint_source,
     mark_checkpoint,
     refresh_datamodule_resize,
 )
@@ -357,10 +357,8 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Dinomaly:  # noqa: ANN401
         """anomalib's safe loading, with a clear error for an empty or cut-off file or another model's checkpoint."""
         check_checkpoint_file(checkpoint_path)
-        try:
+        with checkpoint_source(checkpoint_path):
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        except CheckpointMismatchError as error:
-            raise CheckpointMismatchError(str(error).replace("The checkpoint", f"Checkpoint {checkpoint_path}", 1)) from None
 
     def on_train_start(self) -> None:
         """Continue the random streams (dropout noise, data order) of the run being resumed.
