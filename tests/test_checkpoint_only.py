@@ -123,3 +123,23 @@ def test_cli_test_predict_export_from_the_checkpoint_alone(trained, padim_checkp
     assert result.returncode != 0
     assert f"{padim_checkpoint} is not a Dinomaly checkpoint: it looks like anomalib's Padim" in output
     assert "size mismatch" not in output and "PretrainedWeightsError" not in output
+
+
+def test_published_weights_are_fetched_when_first_needed_not_at_construction(monkeypatch):
+    published = DinoV2Encoder(**{key: VIT_S_STYLE[key] for key in ("embed_dim", "depth", "num_heads")}).vit.state_dict()
+    calls = []
+
+    def fetch(self) -> None:  # noqa: ANN001 - stands for the download from the Hugging Face hub
+        calls.append(self.name)
+        self.load_pretrained(published, source="test")
+
+    monkeypatch.setattr(DinoV2Encoder, "_download_pretrained", fetch)
+    model = Dinomaly(pretrained=True, embed_dim=48, depth=10, num_heads=3, image_size=112, crop_size=98).eval()
+    assert calls == []  # building the model needs no network
+    rng = torch.get_rng_state()
+    model.load_pretrained_encoder()
+    assert calls == ["dinov2reg_vit_base_14"] and torch.equal(torch.get_rng_state(), rng)
+    for name, value in model.model.encoder.vit.state_dict().items():
+        assert torch.equal(value, published[name]), name
+    model(torch.rand(1, 3, 112, 112))
+    assert len(calls) == 1
