@@ -41,6 +41,7 @@ from tqdm import tqdm
 from anomalib_dinomaly.atomic_files import atomic_write_bytes
 from anomalib_dinomaly.data_check import image_file_problem
 from anomalib_dinomaly.deploy import Geometry, read_geometry, transform_geometry, uncrop_anomaly_map
+from anomalib_dinomaly.image_input import to_rgb_float
 
 CSV_COLUMNS = ("image", "status", "score", "label", "map_max", "overlay", "reason")
 
@@ -53,7 +54,7 @@ class Prediction(NamedTuple):
     anomaly_map: np.ndarray  # (h, w) on the model input
 
 
-Predictor = Callable[[np.ndarray], Prediction]  # (H, W, 3) float image in [0, 1] -> Prediction
+Predictor = Callable[[np.ndarray], Prediction]  # image array (see to_rgb_float: grey, RGB, RGBA) -> Prediction
 
 
 class ImageResult(NamedTuple):
@@ -79,6 +80,7 @@ def openvino_predictor(path: Path, device: str, precision: str | None) -> tuple[
     static = (shape[2].get_length(), shape[3].get_length()) if shape[2].is_static and shape[3].is_static else None
 
     def predict(image: np.ndarray) -> Prediction:
+        image = to_rgb_float(image)  # OpenVINOInferencer itself does not convert greyscale or RGBA arrays
         if static is not None and image.shape[:2] != static:
             image = resize(image, static)
         result = inferencer.predict(image)
@@ -99,7 +101,7 @@ def torch_predictor(path: Path, device: str) -> tuple[Predictor, Geometry]:
 
     @torch.inference_mode()
     def predict(image: np.ndarray) -> Prediction:
-        batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+        batch = torch.from_numpy(to_rgb_float(image)).permute(2, 0, 1)[None].to(device)
         result = model(batch)
         return Prediction(float(result.pred_score), bool(result.pred_label), result.anomaly_map.squeeze().cpu().numpy())
 

@@ -99,3 +99,13 @@ def test_an_interrupted_rerun_keeps_the_previous_csv(checkpoint, folder, tmp_pat
         example.main(["--model", str(model), "--input", str(folder), "--output", str(output)])
     assert (output / "predictions.csv").read_bytes() == before
     assert not [path for path in output.rglob("*.tmp")]
+
+
+def test_predictors_take_greyscale_and_rgba_arrays(checkpoint):
+    model, _ = checkpoint
+    predict, _ = _example().load_predictor(model)
+    rgb = np.random.default_rng(0).random((128, 128, 3), dtype=np.float32)
+    grey = rgb[..., 0]
+    rgba = np.concatenate([rgb, np.ones((128, 128, 1), np.float32)], axis=-1)
+    assert predict(grey).score == predict(np.repeat(grey[..., None], 3, axis=-1)).score
+    assert predict(rgba).score == predict(rgb).score
