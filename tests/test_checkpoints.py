@@ -19,7 +19,6 @@ from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, atomic_torch_save
-from anomalib_dinomaly.checkpoint_model import CheckpointMismatchError
 from tests.conftest import REPO, TINY_MODEL
 
 SMALL = {**TINY_MODEL, "visualizer": False, "warmup_steps": 1}
