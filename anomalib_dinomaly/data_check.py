@@ -81,20 +81,33 @@ def inspect_image_file(path: str | Path) -> FileInfo:
     return info
 
 
-def _check_sample(image_path: str, mask_path: str | None) -> tuple[list[str], tuple[int, int] | None]:
-    """Problems of one (image, mask) pair, and the image size (width, height) when readable."""
-    problems: list[str] = []
+def image_file_problem(path: str | Path) -> tuple[str | None, FileInfo | None]:
+    """The training rules for one image file: readable, complete, and not a mode that anomalib's reader clips.
+
+    Returns:
+        ``(problem, info)``: a message naming the file and what to do (``None`` if the file is fine), and the
+        file's header facts when it could be read.
+    """
     try:
-        image = inspect_image_file(image_path)
+        image = inspect_image_file(path)
     except OSError as error:
-        return [f"{error}. Replace or remove the file."], None
+        return f"{error}. Replace or remove the file.", None
     if image.mode in CLIPPED_MODES:
-        problems.append(
-            f"{image_path}: {image.mode!r} image (16/32-bit or float). anomalib reads images with PIL's "
+        return (
+            f"{path}: {image.mode!r} image (16/32-bit or float). anomalib reads images with PIL's "
             "convert('RGB'), which clips values above 255, so this image would be used almost white. "
             "Convert the images to 8 bit first with one scaling for all of them, e.g. with numpy "
             "(array >> 8).astype('uint8'), or >> 4 for a 12-bit camera."
-        )
+        ), image
+    return None, image
+
+
+def _check_sample(image_path: str, mask_path: str | None) -> tuple[list[str], tuple[int, int] | None]:
+    """Problems of one (image, mask) pair, and the image size (width, height) when readable."""
+    problem, image = image_file_problem(image_path)
+    if image is None:
+        return [problem], None
+    problems = [problem] if problem else []
     if mask_path:
         try:
             mask = inspect_image_file(mask_path)
@@ -209,11 +222,35 @@ class DataCheck(Callback):
         logger.info("Checked %d image files in %.1f s.", len(pending), time.perf_counter() - start)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Check the datamodule's data sets of this stage."""
+        """Check the datamodule's data sets of this stage (an empty training set is named too)."""
         datamodule = trainer.datamodule
         if datamodule is not None:
-            names = self._DATAMODULE_SETS.get(getattr(stage, "value", stage), ())
+            stage = getattr(stage, "value", stage)
+            if stage == "fit":
+                check_training_set_not_empty(datamodule)
+            names = self._DATAMODULE_SETS.get(stage, ())
             self._check((getattr(datamodule, name, None) for name in names), pl_module)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """When reading an image fails mid-run (a file changed after the check), name the files that did.
+
+        The data loader's error does not say which file it was reading; the files checked at the start are
+        checked again and the ones that are now unusable are added to the error as a note.
+        """
+        del trainer, pl_module
+        if not isinstance(exception, OSError | SyntaxError | ValueError) or isinstance(exception, DataCheckError):
+            return
+        if not self._checked or not hasattr(exception, "add_note"):
+            return
+        samples = sorted(self._checked, key=lambda pair: (pair[0], pair[1] or ""))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            problems = [problem for found, _ in pool.map(lambda pair: _check_sample(*pair), samples) for problem in found]
+        if problems:
+            listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+            exception.add_note(
+                f"These files were fine when the run started and are not now (changed during the run):\n  {listed}\n"
+                "Replace them, then resume from the last checkpoint (--ckpt_path .../weights/lightning/model.ckpt)."
+            )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         self._check(_as_list(trainer.train_dataloader), pl_module)
@@ -226,6 +263,77 @@ class DataCheck(Callback):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         self._check(_as_list(trainer.predict_dataloaders), pl_module)
+
+
+def _training_folder(datamodule: Any, dataset: Any) -> str:  # noqa: ANN401
+    """Where the datamodule looks for normal training images, as well as it can be told."""
+    folder = getattr(dataset, "root_category", None)  # MVTecAD, Visa, ...
+    if folder is not None:
+        return f"{Path(folder) / 'train' / 'good'}"
+    normal_dir = getattr(datamodule, "normal_dir", None)  # Folder
+    if normal_dir is not None:
+        root = getattr(datamodule, "root", None)
+        folders = normal_dir if isinstance(normal_dir, list | tuple) else [normal_dir]
+        return ", ".join(str(Path(root) / folder if root is not None else folder) for folder in folders)
+    root, category = getattr(datamodule, "root", None), getattr(datamodule, "category", None)
+    return str(Path(root) / category) if root is not None and category else type(datamodule).__name__
+
+
+def check_training_set_not_empty(datamodule: Any) -> None:  # noqa: ANN401
+    """Refuse a datamodule whose training set has no image, naming the folder it read.
+
+    Raises:
+        DataCheckError: no training image.
+    """
+    dataset = getattr(datamodule, "train_data", None)
+    if dataset is None or len(dataset) > 0:
+        return
+    folder = _training_folder(datamodule, dataset)
+    hint = ""
+    if getattr(dataset, "root_category", None) is not None:
+        others = [path.name for path in Path(folder).glob("*") if path.is_file() and path.suffix.lower() != ".png"]
+        if others:
+            hint = (
+                f" It holds {len(others)} file(s) of other types (e.g. {others[0]}), which {type(datamodule).__name__} "
+                "does not read (only .png): convert them, or use anomalib_dinomaly.data.ProductFolder (any format)."
+            )
+    msg = (
+        f"The training set is empty: no image in {folder}.{hint} Put the normal (defect-free) training images "
+        "there, or check the data root and category (--data.root, --data.category)."
+    )
+    raise DataCheckError(msg)
+
+
+def check_mask_folders(datamodule: Any) -> None:  # noqa: ANN401
+    """Refuse an MVTec-layout category whose ``test/<defect>`` folder has no ``ground_truth/<defect>`` folder.
+
+    Applies to datamodules with ``root`` and ``category`` (MVTecAD and the like) whose category folder holds
+    ``test`` and ``ground_truth``, and to each category of a :class:`~anomalib_dinomaly.data.MultiClass`.
+    Runs before the datamodule is set up, where anomalib would fail with a pandas error naming nothing.
+
+    Raises:
+        DataCheckError: listing each missing mask folder.
+    """
+    children = getattr(datamodule, "datamodules", None)
+    if isinstance(children, dict):
+        for child in children.values():
+            check_mask_folders(child)
+        return
+    root, category = getattr(datamodule, "root", None), getattr(datamodule, "category", None)
+    if root is None or not isinstance(category, str) or not category:
+        return
+    test, masks = Path(root) / category / "test", Path(root) / category / "ground_truth"
+    if not (test.is_dir() and masks.is_dir()):
+        return
+    defects = sorted(path.name for path in test.iterdir() if path.is_dir() and path.name != "good" and any(path.iterdir()))
+    missing = [masks / defect for defect in defects if not (masks / defect).is_dir()]
+    if missing:
+        listed = "\n  ".join(f"{folder} is missing (masks of {test / folder.name})" for folder in missing)
+        msg = (
+            f"{len(missing)} mask folder(s) missing:\n  {listed}\nAdd the masks, one per test image, named after it "
+            "(000.png -> 000_mask.png), or remove that defect's test folder."
+        )
+        raise DataCheckError(msg)
 
 
 def _as_list(loaders: Any) -> list[Any]:  # noqa: ANN401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_dinomaly.anomaly_map import DEFAULT_EVAL_SIZE, DEFAULT_TOP_RATIO, AnomalyMapGenerator
-from anomalib_dinomaly.data_check import DataCheck
+from anomalib_dinomaly.arguments import check_arguments
+from anomalib_dinomaly.checkpoint_io import AtomicCheckpoints, check_checkpoint_file
+from anomalib_dinomaly.checkpoint_model import (
+    adapt_to_checkpoint,
+    checkpoint_source,
+    mark_checkpoint,
+    refresh_datamodule_resize,
+)
+from anomalib_dinomaly.data_check import DataCheck, check_mask_folders
 from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, PATCH_SIZE, DinoV2Encoder
 from anomalib_dinomaly.export import DinomalyExportMixin
+from anomalib_dinomaly.input_range import InputRangeCheck
 from anomalib_dinomaly.layers import DEFAULT_BOTTLENECK_DROPOUT
 from anomalib_dinomaly.loss import (
     DEFAULT_HARD_MINING_FACTOR,
@@ -46,6 +56,7 @@ from anomalib_dinomaly.optim import (
     DEFAULT_WEIGHT_DECAY,
 )
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
+from anomalib_dinomaly.pretrained import DeferredEncoderWeights, LoadDeferredWeights
 from anomalib_dinomaly.report import TestReport
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
 from anomalib_dinomaly.torch_model import DEFAULT_DECODER_DEPTH, DEFAULT_GROUPS, DinomalyModel
@@ -60,6 +71,9 @@ RNG_STATE_KEY = "dinomaly_rng_state"
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
+    if isinstance(size, str):
+        msg = f"Expected an int or (height, width), got the string {size!r}; pass a number."
+        raise TypeError(msg)
     size = tuple(int(s) for s in size)
     if len(size) != 2:
         msg = f"Expected an int or (height, width), got {size}."
@@ -75,7 +89,8 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
     Args:
         encoder_name: DINOv2 variant, e.g. ``dinov2reg_vit_base_14`` (default), ``dinov2reg_vit_small_14``,
             ``dinov2reg_vit_large_14``, or without registers ``dinov2_vit_base_14``; timm names work too.
-        pretrained: download the published DINOv2 weights (Hugging Face hub via timm).
+        pretrained: use the published DINOv2 weights (Hugging Face hub via timm), fetched when a run first needs
+            them (training, validation, test, predict or the first call) and never when a checkpoint is loaded.
         encoder_weights: local weights file (timm/HF ``.safetensors`` or Meta's ``.pth``); no network needed.
         embed_dim, depth, num_heads, num_register_tokens: override the encoder architecture (tests, other sizes).
         target_layers: encoder blocks to reconstruct; the variant's default (ViT-S/B 2..9, ViT-L 4..18 step 2).
@@ -132,6 +147,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        check_arguments(locals())
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size, crop_size)
         super().__init__(
@@ -140,18 +156,17 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        if not 0.0 <= hard_mining_percent < 1.0:
-            msg = f"hard_mining_percent must be in [0, 1), got {hard_mining_percent}."
-            raise ValueError(msg)
-        encoder = DinoV2Encoder(
+        make_encoder = partial(
+            DinoV2Encoder,
             encoder_name,
-            pretrained=pretrained and encoder_weights is None,
-            weights=encoder_weights,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,
             num_register_tokens=num_register_tokens,
         )
+        encoder = make_encoder(pretrained=False, weights=encoder_weights)
+        pending = pretrained and encoder_weights is None
+        self._deferred_encoder_weights = DeferredEncoderWeights(make_encoder) if pending else None
         self.model = DinomalyModel(
             encoder,
             target_layers=target_layers,
@@ -163,6 +178,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         )
         self.loss = GlobalCosineHardMiningLoss(factor=hard_mining_factor)
         self._resumed_rng_state: dict[str, Any] | None = None
+        self._input_range_check = InputRangeCheck()
 
     @classmethod
     def configure_pre_processor(
@@ -212,8 +228,9 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         return DinomalyPostProcessor()
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks, plus the file check of :mod:`anomalib_dinomaly.data_check`."""
-        callbacks = list(super().configure_callbacks())
+        """anomalib's component callbacks, atomic checkpoint files, deferred encoder weights, and the file check
+        of :mod:`anomalib_dinomaly.data_check`."""
+        callbacks = [*super().configure_callbacks(), AtomicCheckpoints(), LoadDeferredWeights()]
         if self.hparams.check_data:
             callbacks.append(DataCheck())
         callbacks.append(TestReport())
@@ -237,8 +254,23 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         return {"num_sanity_val_steps": 0}
 
     def forward(self, batch: torch.Tensor, *args, **kwargs):  # noqa: ANN201
-        """Pre-process, predict, post-process a (B, C, H, W) batch with C in {1, 3, 4}; returns ``InferenceBatch``."""
+        """Pre-process, predict, post-process a (B, C, H, W) float batch in [0, 1], C in {1, 3, 4}; returns
+        ``InferenceBatch``. Values outside [0, 1] get a warning (once)."""
+        self._input_range_check(batch)
+        self.load_pretrained_encoder()
         return super().forward(DinomalyModel.to_three_channels(batch), *args, **kwargs)
+
+    def prepare_data(self) -> None:
+        """Check the data folders' layout before the datamodule reads them (see ``check_data``)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if self.hparams.check_data and datamodule is not None:
+            check_mask_folders(datamodule)
+
+    def load_pretrained_encoder(self) -> None:
+        """Fetch the published encoder weights now if they are still pending (see ``pretrained``); else nothing."""
+        if self._deferred_encoder_weights is not None:
+            self._deferred_encoder_weights.load_into(self.model.encoder)
+            self._deferred_encoder_weights = None
 
     @AnomalibModule.trainer.setter
     def trainer(self, trainer: Trainer | None) -> None:
@@ -336,15 +368,21 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The encoder weights are in the state dict: reloading must not download or read them again."""
+        self.load_pretrained_encoder()
         super().on_save_checkpoint(checkpoint)
+        mark_checkpoint(self, checkpoint)
         hparams = checkpoint.get("hyper_parameters", {})
         hparams["pretrained"] = False
         hparams["encoder_weights"] = None
         checkpoint[RNG_STATE_KEY] = collect_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When training resumes, keep the saved random state for :meth:`on_train_start`."""
+        """Take the architecture from the checkpoint (it holds the encoder weights too); when training resumes,
+        keep the saved random state for :meth:`on_train_start`."""
+        adapt_to_checkpoint(self, checkpoint)
+        self._deferred_encoder_weights = None
         super().on_load_checkpoint(checkpoint)
+        refresh_datamodule_resize(self)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._resumed_rng_state = checkpoint.get(RNG_STATE_KEY)
 
@@ -372,6 +410,13 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             The module in eval mode; its encoder weights come from ``checkpoint`` (nothing is downloaded).
         """
         return module_from_official_checkpoint(cls, checkpoint, config, **module_kwargs)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Dinomaly:  # noqa: ANN401
+        """anomalib's safe loading, with a clear error for an empty or cut-off file or another model's checkpoint."""
+        check_checkpoint_file(checkpoint_path)
+        with checkpoint_source(checkpoint_path):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_train_start(self) -> None:
         """Continue the random streams (dropout noise, data order) of the run being resumed.

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer_args |= {"max_steps": args.max_steps, "val_check_interval": args.max_steps}
     try:
         model = Dinomaly(**model_args)
+        model.load_pretrained_encoder()  # now rather than at the start of training: fail before any data work
     except PretrainedWeightsError as error:
         print(f"Cannot run the benchmark:\n  - {error}", file=sys.stderr)
         return 2

@@ -213,3 +213,60 @@ def test_non_finite_loss_stops_before_the_weights_change():
         model.model.bottleneck.fc1.weight[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="training loss is nan at step 0"):
         model.training_step(SimpleNamespace(image=torch.rand(2, 3, 98, 98)))
+
+
+def test_empty_training_folder_is_named(bottle, tmp_path):
+    train = bottle / "bottle/train/good"
+    for image in train.iterdir():
+        image.unlink()
+    (train / "000.jpg").write_bytes(b"a jpeg that MVTecAD would not read")
+    with pytest.raises(DataCheckError, match=rf"The training set is empty: no image in {train}\. .*only \.png"):
+        _engine(tmp_path / "runs").fit(Dinomaly(**SMALL), datamodule=_datamodule(bottle))
+
+
+def test_missing_mask_folder_is_named(bottle, tmp_path):
+    import shutil
+
+    shutil.rmtree(bottle / "bottle/ground_truth/contamination")
+    with pytest.raises(DataCheckError, match=rf"{bottle / 'bottle/ground_truth/contamination'} is missing"):
+        _engine(tmp_path / "runs").fit(Dinomaly(**SMALL), datamodule=_datamodule(bottle))
+
+
+def test_image_truncated_after_the_check_is_named(bottle, tmp_path):
+    victim = bottle / "bottle/train/good/005.png"
+
+    class TruncateAfterTheCheck(Callback):
+        def on_train_start(self, trainer, pl_module):  # noqa: ANN001
+            _truncate(victim, keep=0.5)
+
+    seed_everything(0)
+    with pytest.raises(OSError, match=rf"changed during the run\):\n  {victim}: cannot be read as an image .*runcated"):
+        _engine(tmp_path / "runs", callbacks=[TruncateAfterTheCheck()]).fit(Dinomaly(**SMALL), datamodule=_datamodule(bottle))
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("crop_size", 0), ("crop_size", -14), ("crop_size", "98"), ("image_size", 0), ("embed_dim", 0),
+     ("depth", 0), ("num_heads", -3), ("num_register_tokens", -1), ("decoder_depth", 0), ("bottleneck_dropout", 1.0),
+     ("lr", 0.0), ("eval_size", 0), ("top_ratio", 0.0), ("hard_mining_percent", 1.0), ("warmup_steps", -1)],
+)  # fmt: skip
+def test_out_of_range_arguments_are_refused_at_construction(argument, value):
+    with pytest.raises(ValueError, match=rf"^{argument} must be .*, got {value!r} .*; e\.g\. {argument}="):
+        Dinomaly(**{**SMALL, argument: value})
+
+
+def test_images_outside_the_unit_range_warn_once():
+    from anomalib_dinomaly.input_range import InputRangeWarning
+
+    model = Dinomaly(**SMALL).eval()
+    images = torch.rand(2, 3, 112, 112)
+    with pytest.warns(InputRangeWarning, match=r"values in \[.*, 255\].*divide 8-bit pixel values by 255"):
+        model(images * 255)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(images * 255)  # once per model
+        model(images)
+    with pytest.raises(TypeError, match="takes float images in \\[0, 1\\]; got a torch.uint8 tensor"):
+        model((images * 255).to(torch.uint8))

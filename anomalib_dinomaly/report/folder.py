@@ -1,7 +1,8 @@
 """The report for unlabeled deployment images (``examples/infer_folder.py``): score histogram, images by score.
 
 It reads the folder inference's ``predictions.csv`` (columns ``image``, ``score``, ``label`` and, if
-present, ``overlay``: the heat-map overlay on the original image, relative to the CSV's folder) and writes
+present, ``overlay``: the heat-map overlay on the original image, relative to the CSV's folder; rows whose
+``status`` is not ``ok`` are images that could not be scored and are left out) and writes
 ``report.html`` beside it, with thumbnails of the highest-scoring overlays in ``report_files/``. Only
 ``limit`` images are shown, whatever the folder's size; the CSV lists them all.
 """
@@ -49,7 +50,7 @@ def write_folder_report(
     """
     predictions_csv = Path(predictions_csv)
     with predictions_csv.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [row for row in csv.DictReader(handle) if row.get("status", "ok") == "ok"]
     if not rows or "score" not in rows[0]:
         msg = f"{predictions_csv} has no rows or no 'score' column; expected the CSV of examples/infer_folder.py."
         raise ValueError(msg)
