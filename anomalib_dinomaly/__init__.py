@@ -15,6 +15,8 @@ _EXPORTS = {
     "Dinomaly": "anomalib_dinomaly.lightning_model",
     "DinomalyModel": "anomalib_dinomaly.torch_model",
     "DinoV2Encoder": "anomalib_dinomaly.encoder",
+    "DinoV3Encoder": "anomalib_dinomaly.encoder_dinov3",
+    "build_encoder": "anomalib_dinomaly.encoder",
     "PretrainedWeightsError": "anomalib_dinomaly.encoder",
     "AnomalyMapGenerator": "anomalib_dinomaly.anomaly_map",
     "GlobalCosineHardMiningLoss": "anomalib_dinomaly.loss",
