@@ -116,7 +116,8 @@ class StableAdamW(Optimizer):
                 bias_correction1 = 1 - beta1**step
                 bias_correction2 = 1 - beta2**step
                 denom = (second_moment.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-                rms = torch.div(grad, denom).pow(2).mean().sqrt().item()
+                # ||.|| / sqrt(n), as the official code computes it: mean-of-squares rounds differently in float32.
+                rms = (torch.div(grad, denom).norm(2) / math.sqrt(grad.numel())).item()
                 state["last_rms"] = rms
                 scale = max(1.0, rms / group["clip_threshold"])
                 param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1 / scale)
@@ -209,3 +210,34 @@ class WarmupCosineLR(LRScheduler):
             )
             for base_lr in self.base_lrs
         ]
+
+
+def trainable_parameter_groups(
+    bottleneck: torch.nn.Module,
+    decoder: torch.nn.Module,
+    lr: float,
+    first_layer_lr_ratio: float = 1.0,
+) -> list[dict]:
+    """Optimiser parameter groups of the bottleneck and decoder, in the official order.
+
+    With ``first_layer_lr_ratio`` 1 one group (Dinomaly). Otherwise Dinomaly2's three: the bottleneck's first
+    layer (``bottleneck.first_layer``) at ``lr * first_layer_lr_ratio``, the rest of the bottleneck, the decoder.
+
+    Args:
+        bottleneck: a bottleneck with a ``first_layer`` (see :mod:`anomalib_dinomaly.layers`).
+        decoder: the decoder blocks.
+        lr: base learning rate.
+        first_layer_lr_ratio: learning rate of the bottleneck's first layer relative to ``lr`` (Dinomaly2: 0.1).
+
+    Returns:
+        Parameter groups for :class:`StableAdamW`, each with its ``lr``.
+    """
+    if first_layer_lr_ratio == 1.0:
+        return [{"params": [*bottleneck.parameters(), *decoder.parameters()], "lr": lr}]
+    first = list(bottleneck.first_layer.parameters())
+    first_ids = {id(param) for param in first}
+    return [
+        {"params": first, "lr": lr * first_layer_lr_ratio},
+        {"params": [param for param in bottleneck.parameters() if id(param) not in first_ids], "lr": lr},
+        {"params": list(decoder.parameters()), "lr": lr},
+    ]

@@ -40,13 +40,16 @@ def build_bottleneck(
     dropout: float,
     mlp_ratio: float = 4.0,
     compressed_dim: int = COMPRESSED_DIM,
+    hidden_dim: int | None = None,
 ) -> nn.Module:
     """A noisy bottleneck for tokens of width ``dim``: ``"mlp"`` (Dinomaly) or ``"compressed"`` (Dinomaly2).
+
+    The MLP's hidden width is ``hidden_dim``, or ``int(dim * mlp_ratio)`` when not given.
 
     Raises:
         ValueError: an unknown ``kind``.
     """
-    hidden_dim = int(dim * mlp_ratio)
+    hidden_dim = hidden_dim or int(dim * mlp_ratio)
     if kind == "mlp":
         return NoisyBottleneck(dim, hidden_dim, dropout)
     if kind == "compressed":
