@@ -13,6 +13,7 @@ from torch import nn
 DECODER_NORM_EPS = 1e-8  # official decoder LayerNorm eps; the bottleneck output is small (~0.04), so it matters
 ATTENTION_EPS = 1e-6  # not in the official code, whose normaliser can underflow to 0 and give NaN
 DINOMALY2_ATTENTION_EPS = 1e-8  # Dinomaly2's LinearAttention2(eps=1e-8)
+DINOMALY2_BOTTLENECK_DROPOUT = 0.4  # Dinomaly2's, for every data set
 COMPRESSED_DIM = 256  # width of Dinomaly2's first bottleneck layer
 RECENTERING_EPS = 1e-8  # eps of Dinomaly2's affine-free LayerNorm after recentering
 
@@ -81,7 +82,13 @@ class CompressedNoisyBottleneck(nn.Module):
         dropout: dropout probability after each of the three Linears (0.4).
     """
 
-    def __init__(self, dim: int, compressed_dim: int = COMPRESSED_DIM, hidden_dim: int | None = None, dropout: float = 0.4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        compressed_dim: int = COMPRESSED_DIM,
+        hidden_dim: int | None = None,
+        dropout: float = DINOMALY2_BOTTLENECK_DROPOUT,
+    ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             msg = f"bottleneck dropout must be in [0, 1), got {dropout}."

@@ -20,7 +20,7 @@ from torch import nn
 
 from anomalib_dinomaly.encoder import PATCH_SIZE, PRETRAINING_GRID, DinoV2Encoder, load_weights_file
 from anomalib_dinomaly.layers import ATTENTION_EPS, DECODER_NORM_EPS, RECENTERING_EPS, ContextAwareRecentering
-from anomalib_dinomaly.torch_model import DINOMALY_BOTTLENECK_DROPOUT, DinomalyModel, build_bottleneck, build_decoder
+from anomalib_dinomaly.torch_model import DinomalyModel, build_bottleneck, build_decoder
 
 if TYPE_CHECKING:
     from anomalib_dinomaly.lightning_model import Dinomaly
@@ -315,7 +315,7 @@ def build_official_model(config: Mapping[str, Any] | None = None) -> DinomalyMod
     encoder = _build_encoder(config)
     dim = encoder.embed_dim
     mlp_ratio = float(config.get("mlp_ratio", 4.0))
-    dropout = config.get("bottleneck_dropout", DINOMALY_BOTTLENECK_DROPOUT)
+    dropout = config["bottleneck_dropout"]
     if "bottleneck_hidden_dims" in config:
         compressed_dim, hidden_dim = config["bottleneck_hidden_dims"]
         bottleneck = build_bottleneck("compressed", dim, dropout, compressed_dim=compressed_dim, hidden_dim=hidden_dim)

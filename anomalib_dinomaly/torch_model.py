@@ -20,6 +20,7 @@ from anomalib_dinomaly.layers import (
     COMPRESSED_DIM,
     DECODER_NORM_EPS,
     DINOMALY2_ATTENTION_EPS,
+    DINOMALY2_BOTTLENECK_DROPOUT,
     RECENTERING_EPS,
     CompressedNoisyBottleneck,
     ContextAwareRecentering,
@@ -29,8 +30,6 @@ from anomalib_dinomaly.layers import (
 )
 
 DEFAULT_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6, 7))
-DINOMALY_BOTTLENECK_DROPOUT = 0.2
-DINOMALY2_BOTTLENECK_DROPOUT = 0.4
 BOTTLENECK_KINDS = ("mlp", "compressed")  # Dinomaly's two-layer MLP, Dinomaly2's three-layer one
 
 
@@ -153,7 +152,7 @@ class DinomalyModel(nn.Module):
         fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
         fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
         decoder_depth: int = 8,
-        bottleneck_dropout: float = DINOMALY_BOTTLENECK_DROPOUT,
+        bottleneck_dropout: float = 0.2,
         mlp_ratio: float = 4.0,
         anomaly_map_generator: AnomalyMapGenerator | None = None,
         bottleneck: nn.Module | None = None,
