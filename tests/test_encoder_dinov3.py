@@ -236,6 +236,8 @@ def test_sizes_and_bad_shapes():
         DinoV3Encoder("dinov3_vit_small_16", embed_dim=30, depth=1, num_heads=4)
     with pytest.raises(ValueError, match="multiple of 4"):
         DinoV3Encoder("dinov3_vit_small_16", embed_dim=36, depth=1, num_heads=6)  # head width 6
+    with pytest.raises(ValueError, match="rope_rescale_coords must be >= 1"):
+        DinoV3Encoder("dinov3_vit_small_16", rope_rescale_coords=0.5, **SMALL)
     encoder.keep_blocks(2)
     assert encoder.depth == 2
     with pytest.raises(ValueError, match="Cannot keep 3 blocks"):
@@ -296,3 +298,36 @@ def test_rope_rescale_is_train_mode_only_and_drawn_per_block():
     assert (first - second).abs().max() > 1e-4
     torch.testing.assert_close(repeated, first, atol=0, rtol=0)
     torch.testing.assert_close(after_forward, after_three_draws, atol=0, rtol=0)
+
+
+class _StackedLayers(torch.nn.Module):
+    """The encoder as a single-output graph: (B, layers, tokens, D)."""
+
+    def __init__(self, encoder: DinoV3Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.encoder(images, [0, 2]), dim=1)
+
+
+@pytest.mark.slow
+def test_rope_exports_to_onnx_and_openvino_with_dynamic_sizes(tmp_path):
+    """The project's export path (dynamo, opset 18, dynamic batch/height/width) keeps RoPE exact in OpenVINO FP32."""
+    openvino = pytest.importorskip("openvino")
+    encoder = DinoV3Encoder("dinov3_vit_small_16", **SMALL)
+    periods = _formula_periods() * torch.linspace(0.8, 1.25, _formula_periods().numel())
+    encoder.load_pretrained(_to_meta_format(_random_timm_state(), periods), source="meta")
+    model = _StackedLayers(encoder).eval()
+    path = tmp_path / "encoder.onnx"
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    torch.onnx.export(model, (IMAGES,), str(path), opset_version=18, dynamo=True, dynamic_shapes=(dims,))
+    compiled = openvino.Core().compile_model(
+        openvino.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    for images in (IMAGES, torch.randn(1, 3, 32, 80)):  # the traced grid and another one (2 x 5 patches)
+        with torch.no_grad():
+            expected = model(images).numpy()
+        exported = compiled(images.numpy())[0]
+        assert exported.shape == expected.shape
+        np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=0)
