@@ -239,6 +239,15 @@ class DinoV3Encoder(nn.Module):
             self._download_pretrained()
         self.requires_grad_(False)
 
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        # timm's RoPE module recomputes its periods from the formula (and makes them non-persistent) when a
+        # cast such as .half() lowers their precision; keep the loaded values, in float32 as timm keeps them.
+        stored = self.vit.rope.periods
+        super()._apply(fn, *args, **kwargs)
+        rope = self.vit.rope
+        rope.register_buffer("periods", stored.to(rope.periods.device, rope.periods.dtype), persistent=True)
+        return self
+
     @property
     def patch_size(self) -> int:
         """Side of a patch in pixels (16)."""

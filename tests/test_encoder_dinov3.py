@@ -156,6 +156,9 @@ def test_stored_periods_are_used_and_round_trip(tmp_path):
     torch.testing.assert_close(formula.vit.rope.periods, _formula_periods(), atol=0, rtol=0)
     assert (_layers(encoder)[-1] - _layers(formula)[-1]).abs().max() > 1e-3
 
+    encoder.half()  # timm would recompute the periods from the formula on a downcast
+    torch.testing.assert_close(encoder.vit.rope.periods, periods, atol=0, rtol=0)
+    encoder.float()
     checkpoint = encoder.state_dict()
     assert "vit.rope.periods" in checkpoint
     reloaded = DinoV3Encoder("dinov3_vit_small_16", **SMALL)
