@@ -348,3 +348,21 @@ def test_rope_exports_to_onnx_and_openvino_with_dynamic_sizes(tmp_path):
         exported = compiled(images.numpy())[0]
         assert exported.shape == expected.shape
         np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=0)
+
+
+def test_rope_table_equals_timms_dinov3_rope_in_both_modes():
+    """Our table (export-friendly grid) computes what timm's port of Meta's RoPE computes, augmentation included."""
+    from timm.layers.pos_embed_sincos import RotaryEmbeddingDinoV3
+
+    encoder = DinoV3Encoder("dinov3_vit_small_16", rope_rescale_coords=2.0, **SMALL)
+    head_dim = SMALL["embed_dim"] // SMALL["num_heads"]
+    reference = RotaryEmbeddingDinoV3(head_dim, temperature=100, rescale_coords=2.0)
+    expected = reference.eval().get_embed(shape=[5, 7])
+    torch.testing.assert_close(encoder.eval().rope_table((5, 7)), expected, atol=0, rtol=0)
+    encoder.train()
+    reference.train()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = encoder.rope_table((5, 7))
+        torch.manual_seed(seed)
+        torch.testing.assert_close(ours, reference.get_embed(shape=[5, 7]), atol=0, rtol=0)
