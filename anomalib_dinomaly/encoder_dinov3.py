@@ -7,6 +7,8 @@ k bias, LayerScale, LayerNorm eps 1e-5 and RoPE numerics as Meta's ``DinoVisionT
   (a checkpoint without storage tokens is mis-read) and drops the stored RoPE ``periods``;
 - the RoPE ``periods`` buffer is persistent here and loaded from Meta's checkpoint, because timm recomputes it
   from the formula and Meta's code computes with the stored (bf16-rounded, or any other) values;
+- the RoPE table (same formula as timm's and Meta's), because timm's turns the grid size into Python floats,
+  so an ONNX export with dynamic height/width would keep the traced grid's coordinates;
 - the block loop, which draws the train-mode RoPE coordinate rescale once per block as Meta's
   ``get_intermediate_layers`` does (timm's Eva draws once per forward and does not expose the option).
 """
@@ -14,6 +16,7 @@ k bias, LayerScale, LayerNorm eps 1e-5 and RoPE numerics as Meta's ``DinoVisionT
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +206,9 @@ class DinoV3Encoder(nn.Module):
         rope_rescale_coords: float | None = None,
     ) -> None:
         super().__init__()
+        if rope_rescale_coords is not None and not rope_rescale_coords >= 1:
+            msg = f"rope_rescale_coords must be >= 1 (a scale factor; Meta uses 2) or None, got {rope_rescale_coords}."
+            raise ValueError(msg)
         self.variant = resolve_dinov3_variant(name)
         self.name = name
         embed_dim = embed_dim or self.variant.embed_dim
@@ -222,7 +228,6 @@ class DinoV3Encoder(nn.Module):
             num_heads=num_heads,
             num_reg_tokens=storage_tokens,
             qkv_bias=True,
-            rope_rescale_coords=rope_rescale_coords,
             num_classes=0,
         )
         # Persistent, so the loaded periods are what the model computes with and a checkpoint round-trips them.
@@ -233,6 +238,15 @@ class DinoV3Encoder(nn.Module):
         elif pretrained:
             self._download_pretrained()
         self.requires_grad_(False)
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        # timm's RoPE module recomputes its periods from the formula (and makes them non-persistent) when a
+        # cast such as .half() lowers their precision; keep the loaded values, in float32 as timm keeps them.
+        stored = self.vit.rope.periods
+        super()._apply(fn, *args, **kwargs)
+        rope = self.vit.rope
+        rope.register_buffer("periods", stored.to(rope.periods.device, rope.periods.dtype), persistent=True)
+        return self
 
     @property
     def patch_size(self) -> int:
@@ -358,11 +372,24 @@ class DinoV3Encoder(nn.Module):
         return torch.cat(tokens, dim=1)
 
     def rope_table(self, grid: tuple[int, int]) -> torch.Tensor:
-        """RoPE table of a patch grid: (h*w, 2 * head_dim) = [sin | cos], rotate-half layout.
+        """RoPE table of a patch grid: (h*w, 2 * head_dim) = [sin | cos], rotate-half layout, as Meta computes it.
 
-        In train mode with ``rope_rescale_coords`` set, every call draws a new coordinate scale.
+        Patch centres ``(i + 0.5) / n`` mapped to [-1, 1] per axis (row-major, [y, x]), angles
+        ``2 pi coords / periods``. Ours rather than timm's ``get_embed``, whose grid turns the sizes into Python
+        floats: an ONNX export with dynamic height/width would keep the traced grid's normalisation.
+        In train mode with ``rope_rescale_coords`` set, every call draws a new coordinate scale (Meta's
+        augmentation, same draw as Meta's ``RopePositionEmbedding``).
         """
-        return self.vit.rope.get_embed(shape=list(grid))
+        periods = self.vit.rope.periods
+        axes = [(torch.arange(size, device=periods.device, dtype=periods.dtype) + 0.5) / size for size in grid]
+        coords = torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1).flatten(0, 1)
+        coords = 2.0 * coords - 1.0
+        if self.rope_rescale_coords is not None and self.training:
+            log_max = math.log(self.rope_rescale_coords)
+            coords = coords * torch.empty(1, device=coords.device, dtype=coords.dtype).uniform_(-log_max, log_max).exp()
+        angles = (2 * math.pi * coords[:, :, None] / periods[None, None, :]).flatten(1)
+        angles = torch.cat([angles, angles], dim=-1)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
     def forward(self, images: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
         """Raw outputs of the requested blocks.
@@ -376,7 +403,7 @@ class DinoV3Encoder(nn.Module):
         """
         grid = self.patch_grid(images)
         x = self.prepare_tokens(images)
-        augmenting = self.vit.rope.training and self.rope_rescale_coords is not None
+        augmenting = self.training and self.rope_rescale_coords is not None
         rope = None if augmenting else self.rope_table(grid)
         wanted = set(layers)
         outputs = []
