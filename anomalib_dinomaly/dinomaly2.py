@@ -20,6 +20,7 @@ from anomalib_dinomaly.lightning_model import Dinomaly
 DINOMALY2_MAX_STEPS = 40_000  # the preview's --total_iters, used when the trainer sets no length
 DINOMALY2_FIRST_LAYER_LR_RATIO = 0.1  # bottleneck[0] at 2e-4 beside 2e-3
 DINOMALY2_NONFINITE_GRADS = "skip_step"  # the preview skips only the parameters after a NaN; we skip the step
+DINOMALY2_ROPE_RESCALE = 2.0  # Meta's DINOv3 setting, active in the preview's train-mode teacher
 
 
 # AnomalibModule is listed again so that anomalib's `get_model("Dinomaly2")`, which searches the direct
@@ -45,6 +46,9 @@ class Dinomaly2(Dinomaly, AnomalibModule):
         nonfinite_grads: ``"skip_step"``: a step with a NaN/Inf gradient changes nothing. The preview updates the
             parameters before the first non-finite gradient and skips the rest (``"preview"`` reproduces that).
         default_max_steps: 40,000 steps when the trainer sets no length.
+        encoder_rope_rescale: 2: a DINOv3 teacher draws Meta's RoPE coordinate rescale in [1/2, 2] per block while
+            training, as in the preview, whose frozen encoder is in train mode (measured effect: README,
+            "DINOv3's train-mode RoPE rescaling"); ``None`` for a deterministic teacher. DINOv2 ignores it.
         kwargs: any other :class:`~anomalib_dinomaly.Dinomaly` argument (``encoder_name``, ``image_size`` ...).
     """
 
@@ -60,6 +64,7 @@ class Dinomaly2(Dinomaly, AnomalibModule):
         warmup_includes_end: bool = False,
         nonfinite_grads: str = DINOMALY2_NONFINITE_GRADS,
         default_max_steps: int = DINOMALY2_MAX_STEPS,
+        encoder_rope_rescale: float | None = DINOMALY2_ROPE_RESCALE,
         **kwargs: Any,  # noqa: ANN401
     ) -> None:
         super().__init__(
@@ -73,6 +78,7 @@ class Dinomaly2(Dinomaly, AnomalibModule):
             warmup_includes_end=warmup_includes_end,
             nonfinite_grads=nonfinite_grads,
             default_max_steps=default_max_steps,
+            encoder_rope_rescale=encoder_rope_rescale,
             **kwargs,
         )
 

@@ -100,8 +100,10 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             step later (off).
         nonfinite_grads: StableAdamW on a NaN/Inf gradient: ``"ignore"`` (official Dinomaly), ``"skip_step"``,
             ``"preview"`` (see :class:`~anomalib_dinomaly.optim.StableAdamW`).
-        encoder_rope_rescale: DINOv3 only: Meta's train-mode RoPE coordinate rescale factor (the preview trains
-            with 2 active, as its frozen teacher is in train mode); ``None`` keeps the teacher deterministic.
+        encoder_rope_rescale: DINOv3 encoders only (DINOv2 has no RoPE and ignores it): Meta's train-mode RoPE
+            coordinate rescale, a factor drawn log-uniformly in [1/R, R] per block and forward while training
+            (Dinomaly2's preview trains with R = 2 active, as its frozen teacher is in train mode); ``None``
+            (Dinomaly's default) keeps the teacher deterministic. Evaluation is never rescaled.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults; the
             default evaluator is :class:`~anomalib_dinomaly.metrics.CategoryEvaluator`).
     """
@@ -154,9 +156,6 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         if (image_size, crop_size) == DINOV2_GEOMETRY:
             # Reassigned before AnomalibModule saves the hyper-parameters, so they record the sizes in use.
             image_size, crop_size = variant.default_image_size, variant.default_crop_size
-        if encoder_rope_rescale is not None and not is_dinov3_name(encoder_name):
-            msg = f"encoder_rope_rescale applies to DINOv3 encoders only, not {encoder_name!r}."
-            raise ValueError(msg)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size, crop_size, patch_size=variant.patch_size)
         super().__init__(
@@ -176,7 +175,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             depth=depth,
             num_heads=num_heads,
             num_register_tokens=num_register_tokens,
-            **({} if encoder_rope_rescale is None else {"rope_rescale_coords": encoder_rope_rescale}),
+            **({"rope_rescale_coords": encoder_rope_rescale} if is_dinov3_name(encoder_name) else {}),
         )
         dim = encoder.embed_dim
         self.model = DinomalyModel(

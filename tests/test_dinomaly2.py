@@ -90,10 +90,18 @@ def test_dinov3_names_take_the_patch16_geometry():
     assert (explicit.hparams.image_size, explicit.hparams.crop_size) == (128, 112)
     with pytest.raises(ValueError, match="patch size 16"):
         Dinomaly2(encoder_name="dinov3_vit_small_16", **TINY_ENCODER, image_size=448, crop_size=420)
-    with pytest.raises(ValueError, match="DINOv3 encoders only"):
-        Dinomaly2(**TINY_MODEL, encoder_rope_rescale=2.0)
-    rescaled = Dinomaly2(**TINY_DINOV3_MODEL, encoder_rope_rescale=2.0)
-    assert rescaled.model.encoder.rope_rescale_coords == 2.0
+    # The preview's train-mode RoPE rescale of the DINOv3 teacher is on by default in Dinomaly2, off in Dinomaly.
+    assert Dinomaly2(**TINY_DINOV3_MODEL).model.encoder.rope_rescale_coords == 2.0
+    assert explicit.model.encoder.rope_rescale_coords is None
+    assert Dinomaly2(**TINY_DINOV3_MODEL, encoder_rope_rescale=None).model.encoder.rope_rescale_coords is None
+    model = Dinomaly2(**TINY_DINOV3_MODEL).model
+    images = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        model.train()
+        first, second = model.encoder(images, [2])[0], model.encoder(images, [2])[0]
+        model.eval()
+        assert torch.equal(model.encoder(images, [2])[0], model.encoder(images, [2])[0])
+    assert not torch.equal(first, second)  # one draw per forward while training
 
 
 def test_get_model_and_anomalib_models_resolve_dinomaly2():
