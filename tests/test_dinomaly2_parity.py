@@ -390,3 +390,95 @@ def test_stableadamw_long_sequence_without_amsgrad(golden_a):
     for i, param in enumerate(params):
         torch.testing.assert_close(torch.stack(history[i]), tr[f"adamw_seq_long.params.{i}"], atol=1e-6, rtol=0)
         torch.testing.assert_close(optimizer.state[param]["exp_avg_sq"], tr[f"adamw_seq_long.final_exp_avg_sq.{i}"], rtol=1e-5, atol=0)
+
+
+#: Configurations unlike the shared folders (other sizes and layers, three groups, no registers or storage tokens,
+#: no crop), in the golden config.json format, for the round trip below.
+OTHER_CONFIGS = {
+    "dinov2_no_registers": {
+        "embed_dim": 64, "depth": 8, "num_heads": 2, "num_register_tokens": 0, "patch_size": 14,
+        "target_layers": [1, 2, 3, 4, 5, 6], "fuse_layer_encoder": [[0, 1], [2, 3], [4, 5]],
+        "fuse_layer_decoder": [[0, 1], [2, 3], [4, 5]], "fuse_layer_bottleneck": [0, 1, 2, 3, 4, 5],
+        "decoder_depth": 6, "bottleneck_dropout": 0.3, "mlp_ratio": 4.0, "image_size": 224, "crop_size": None,
+        "encoder_family": "DINOv2 (dinov2/)", "context_aware_recenter": True, "car_layer_norm_eps": 1e-8,
+        "bottleneck_hidden_dims": [128, 256], "decoder_num_heads": 2, "decoder_layernorm_eps": 1e-8,
+        "linear_attention_eps": 1e-8, "pos_grid": 16, "interpolate_offset": 0.1, "encoder_layernorm_eps": 1e-6,
+    },
+    "dinov3_no_storage_tokens": {
+        "embed_dim": 64, "depth": 7, "num_heads": 2, "num_register_tokens": 0, "patch_size": 16,
+        "target_layers": [1, 2, 3, 4, 5], "fuse_layer_encoder": [[0, 1], [2, 3], [4]],
+        "fuse_layer_decoder": [[0, 1], [2, 3], [4]], "fuse_layer_bottleneck": [0, 1, 2, 3, 4],
+        "decoder_depth": 5, "bottleneck_dropout": 0.4, "mlp_ratio": 4.0, "image_size": 160, "crop_size": None,
+        "encoder_family": "DINOv3 ViT (dinov3/)", "context_aware_recenter": True, "car_layer_norm_eps": 1e-8,
+        "bottleneck_hidden_dims": [96, 256], "decoder_num_heads": 2, "decoder_layernorm_eps": 1e-8,
+        "linear_attention_eps": 1e-8, "rope_base": 100, "rope_normalize_coords": "separate", "n_storage_tokens": 0,
+        "encoder_layernorm_eps": 1e-5,
+    },
+}  # fmt: skip
+
+
+def _to_preview_state_dict(model, config, generator) -> dict[str, torch.Tensor]:
+    """The model's weights under the preview's names (Meta's encoder names), plus keys Dinomaly never reads."""
+    official = {}
+    family_v3 = config["patch_size"] == 16
+    ours_to_official = {ours: official for official, ours in COMPRESSED_BOTTLENECK_KEYS.items()}
+    for key, value in model.state_dict().items():
+        if key.startswith("bottleneck."):
+            prefix = next(p for p in ours_to_official if key.startswith(p))
+            official[ours_to_official[prefix] + key.removeprefix(prefix)] = value
+        elif key.startswith("decoder."):
+            official[key] = value
+        elif key.startswith("encoder.vit."):
+            name = key.removeprefix("encoder.vit.")
+            if family_v3:
+                name = name.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+                name = name.replace("rope.periods", "rope_embed.periods").replace("reg_token", "storage_tokens")
+                if name.endswith("attn.q_bias"):
+                    v_bias = model.state_dict()[key.replace("q_bias", "v_bias")]
+                    k_trap = torch.randn(value.shape, generator=generator)  # masked: must have no effect
+                    official[f"encoder.{name.replace('q_bias', 'qkv.bias')}"] = torch.cat([value, k_trap, v_bias])
+                    mask = torch.cat([torch.ones_like(value), torch.zeros_like(value), torch.ones_like(value)])
+                    official[f"encoder.{name.replace('q_bias', 'qkv.bias_mask')}"] = mask
+                    continue
+                if name.endswith("attn.v_bias"):
+                    continue
+            official[f"encoder.{name}"] = value
+    dim = config["embed_dim"]
+    official["encoder.mask_token"] = torch.randn(1, dim, generator=generator)
+    official["encoder.norm.weight"] = torch.randn(dim, generator=generator)
+    official["encoder.norm.bias"] = torch.randn(dim, generator=generator)
+    for key in [k for k in official if k.startswith("encoder.blocks.0.")]:  # a block after the last target layer
+        official[key.replace("blocks.0.", f"blocks.{config['depth'] - 1}.")] = official[key].clone()
+    return official
+
+
+@pytest.mark.parametrize("name", list(OTHER_CONFIGS))
+def test_other_configurations_build_from_their_config(name):
+    """The held-out kind of configuration: everything comes from the config, a preview-format state dict loads
+    strictly, and the loaded model computes exactly what the one the weights came from computes."""
+    from anomalib_dinomaly.official import build_official_model
+
+    config = OTHER_CONFIGS[name]
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    source = build_official_model(config)
+    with torch.no_grad():
+        for tensor in source.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(0.05 * torch.randn(tensor.shape, generator=generator))
+    state_dict = _to_preview_state_dict(source, config, generator)
+    torch.manual_seed(2)
+    model = from_official_checkpoint(state_dict, config)
+    assert not model.training
+    assert len(model.fuse_layer_encoder) == len(config["fuse_layer_encoder"])
+    assert model.encoder.num_prefix_tokens == 1 and model.encoder.patch_size == config["patch_size"]
+    assert model.bottleneck.compress.out_features == config["bottleneck_hidden_dims"][0]
+    images = torch.randn(2, 3, config["image_size"], config["image_size"], generator=generator)
+    source.eval()
+    with torch.no_grad():
+        expected, got = source.encode_decode(images), model.encode_decode(images)
+        for a, b in zip([*expected[0], *expected[1]], [*got[0], *got[1]], strict=True):
+            torch.testing.assert_close(b, a, atol=0, rtol=0)
+        torch.testing.assert_close(model(images).pred_score, source(images).pred_score, atol=0, rtol=0)
+    side = config["image_size"] // config["patch_size"]
+    assert got[0][0].shape == (2, config["embed_dim"], side, side)
