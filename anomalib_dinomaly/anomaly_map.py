@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+# The official evaluation: maps at 256 x 256, Gaussian blur k 5, sigma 4, score = mean of the top 1 %.
+DEFAULT_EVAL_SIZE = 256
+DEFAULT_BLUR_KERNEL_SIZE = 5
+DEFAULT_BLUR_SIGMA = 4.0
+DEFAULT_TOP_RATIO = 0.01
 
-def gaussian_kernel(kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:
+
+def gaussian_kernel(kernel_size: int = DEFAULT_BLUR_KERNEL_SIZE, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
     """Normalised 2-D Gaussian kernel of the official evaluation.
 
     Returns:
@@ -76,10 +82,10 @@ class AnomalyMapGenerator(nn.Module):
 
     def __init__(
         self,
-        eval_size: int | None = 256,
-        kernel_size: int = 5,
-        sigma: float = 4.0,
-        top_ratio: float = 0.01,
+        eval_size: int | None = DEFAULT_EVAL_SIZE,
+        kernel_size: int = DEFAULT_BLUR_KERNEL_SIZE,
+        sigma: float = DEFAULT_BLUR_SIGMA,
+        top_ratio: float = DEFAULT_TOP_RATIO,
     ) -> None:
         super().__init__()
         if eval_size is not None and eval_size <= 0:

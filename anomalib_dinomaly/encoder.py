@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +23,67 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-PATCH_SIZE = 14
+PATCH_SIZE = 14  # DINOv2's (timm's ``*_patch14_*`` models)
 PRETRAINING_GRID = 37  # DINOv2 was trained at 518 px = 37 x 37 patches
+INTERPOLATE_OFFSET = 0.1  # DINOv2's position-embedding interpolation offset
 DEFAULT_ENCODER = "dinov2reg_vit_base_14"
+DEFAULT_IMAGE_SIZE = 448  # resize before the center crop (Dinomaly's, for every DINOv2 size)
+DEFAULT_CROP_SIZE = 392  # the model input: 28 x 28 patches
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EncoderVariant:
-    """A published DINOv2 variant: its architecture, default Dinomaly layers and where its weights live."""
+    """A published DINOv2 variant: its timm model, Dinomaly's default layers and where its weights live.
+
+    The architecture (width, depth, heads, registers) is timm's for ``timm_name``; :attr:`architecture`
+    reads it from timm without allocating weights.
+
+    Attributes:
+        timm_name: timm model and pretrained tag, e.g. ``vit_base_patch14_reg4_dinov2.lvd142m``.
+        target_layers: encoder blocks Dinomaly reconstructs by default.
+        meta_checkpoint: file name of Meta's release of the same weights.
+        patch_size: side of a patch in pixels.
+        default_image_size, default_crop_size: resize and center crop the variant is used at.
+    """
 
     timm_name: str
-    embed_dim: int
-    depth: int
-    num_heads: int
-    num_register_tokens: int
     target_layers: tuple[int, ...]
     meta_checkpoint: str
     patch_size: int = PATCH_SIZE
-    default_image_size: int = 448
-    default_crop_size: int = 392  # 28 x 28 patches
+    default_image_size: int = DEFAULT_IMAGE_SIZE
+    default_crop_size: int = DEFAULT_CROP_SIZE
+
+    @cached_property
+    def architecture(self) -> dict[str, int]:
+        """``embed_dim``, ``depth``, ``num_heads``, ``num_register_tokens`` of timm's model (built on the meta device)."""
+        with torch.device("meta"):
+            vit = timm.create_model(self.timm_name.split(".")[0], pretrained=False, num_classes=0)
+        return {
+            "embed_dim": vit.embed_dim,
+            "depth": len(vit.blocks),
+            "num_heads": vit.blocks[0].attn.num_heads,
+            "num_register_tokens": vit.num_reg_tokens,
+        }
+
+    @property
+    def embed_dim(self) -> int:
+        """Token width D of the published model."""
+        return self.architecture["embed_dim"]
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks of the published model."""
+        return self.architecture["depth"]
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads of the published model."""
+        return self.architecture["num_heads"]
+
+    @property
+    def num_register_tokens(self) -> int:
+        """Register tokens of the published model (0 or 4)."""
+        return self.architecture["num_register_tokens"]
 
     @property
     def hub_url(self) -> str:
@@ -57,25 +100,26 @@ class EncoderVariant:
 _SMALL_BASE_LAYERS = (2, 3, 4, 5, 6, 7, 8, 9)
 _LARGE_LAYERS = (4, 6, 8, 10, 12, 14, 16, 18)
 
+
+def _dinov2(timm_name: str, target_layers: tuple[int, ...], meta_checkpoint: str) -> EncoderVariant:
+    return EncoderVariant(timm_name=timm_name, target_layers=target_layers, meta_checkpoint=meta_checkpoint)
+
+
 # Names follow the official Dinomaly code (``dinov2reg_vit_base_14``); timm names are accepted too.
 ENCODER_VARIANTS: dict[str, EncoderVariant] = {
-    "dinov2_vit_small_14": EncoderVariant(
-        "vit_small_patch14_dinov2.lvd142m", 384, 12, 6, 0, _SMALL_BASE_LAYERS, "dinov2_vits14_pretrain.pth"
+    "dinov2_vit_small_14": _dinov2(
+        "vit_small_patch14_dinov2.lvd142m", _SMALL_BASE_LAYERS, "dinov2_vits14_pretrain.pth"
     ),
-    "dinov2reg_vit_small_14": EncoderVariant(
-        "vit_small_patch14_reg4_dinov2.lvd142m", 384, 12, 6, 4, _SMALL_BASE_LAYERS, "dinov2_vits14_reg4_pretrain.pth"
+    "dinov2reg_vit_small_14": _dinov2(
+        "vit_small_patch14_reg4_dinov2.lvd142m", _SMALL_BASE_LAYERS, "dinov2_vits14_reg4_pretrain.pth"
     ),
-    "dinov2_vit_base_14": EncoderVariant(
-        "vit_base_patch14_dinov2.lvd142m", 768, 12, 12, 0, _SMALL_BASE_LAYERS, "dinov2_vitb14_pretrain.pth"
+    "dinov2_vit_base_14": _dinov2("vit_base_patch14_dinov2.lvd142m", _SMALL_BASE_LAYERS, "dinov2_vitb14_pretrain.pth"),
+    "dinov2reg_vit_base_14": _dinov2(
+        "vit_base_patch14_reg4_dinov2.lvd142m", _SMALL_BASE_LAYERS, "dinov2_vitb14_reg4_pretrain.pth"
     ),
-    "dinov2reg_vit_base_14": EncoderVariant(
-        "vit_base_patch14_reg4_dinov2.lvd142m", 768, 12, 12, 4, _SMALL_BASE_LAYERS, "dinov2_vitb14_reg4_pretrain.pth"
-    ),
-    "dinov2_vit_large_14": EncoderVariant(
-        "vit_large_patch14_dinov2.lvd142m", 1024, 24, 16, 0, _LARGE_LAYERS, "dinov2_vitl14_pretrain.pth"
-    ),
-    "dinov2reg_vit_large_14": EncoderVariant(
-        "vit_large_patch14_reg4_dinov2.lvd142m", 1024, 24, 16, 4, _LARGE_LAYERS, "dinov2_vitl14_reg4_pretrain.pth"
+    "dinov2_vit_large_14": _dinov2("vit_large_patch14_dinov2.lvd142m", _LARGE_LAYERS, "dinov2_vitl14_pretrain.pth"),
+    "dinov2reg_vit_large_14": _dinov2(
+        "vit_large_patch14_reg4_dinov2.lvd142m", _LARGE_LAYERS, "dinov2_vitl14_reg4_pretrain.pth"
     ),
 }
 _TIMM_ALIASES = {v.timm_name.split(".")[0]: k for k, v in ENCODER_VARIANTS.items()}
@@ -104,7 +148,7 @@ def interpolate_pos_embed(
     grid_pos_embed: torch.Tensor,
     grid_size: tuple[int, int],
     target_size: tuple[int, int],
-    offset: float = 0.1,
+    offset: float = INTERPOLATE_OFFSET,
 ) -> torch.Tensor:
     """Resample a patch position-embedding grid the way DINOv2's ``interpolate_pos_encoding`` does.
 
@@ -215,28 +259,28 @@ class DinoV2Encoder(nn.Module):
         num_heads: int | None = None,
         num_register_tokens: int | None = None,
         pos_grid: int = PRETRAINING_GRID,
-        interpolate_offset: float = 0.1,
+        interpolate_offset: float = INTERPOLATE_OFFSET,
     ) -> None:
         super().__init__()
         self.variant = resolve_variant(name)
         self.name = name
-        embed_dim = embed_dim or self.variant.embed_dim
-        num_heads = num_heads or self.variant.num_heads
-        if embed_dim % num_heads:
-            msg = f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}."
-            raise ValueError(msg)
-        registers = self.variant.num_register_tokens if num_register_tokens is None else num_register_tokens
+        if embed_dim or num_heads:
+            width, heads = embed_dim or self.variant.embed_dim, num_heads or self.variant.num_heads
+            if width % heads:
+                msg = f"embed_dim {width} is not divisible by num_heads {heads}."
+                raise ValueError(msg)
+        # Only the overrides: timm's model name fixes everything else.
+        overrides = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
+        overrides = {key: value for key, value in overrides.items() if value}
+        if num_register_tokens is not None:
+            overrides |= {"reg_tokens": num_register_tokens, "no_embed_class": num_register_tokens > 0}
         self.vit: VisionTransformer = timm.create_model(
             self.variant.timm_name.split(".")[0],
             pretrained=False,
-            img_size=pos_grid * PATCH_SIZE,
+            img_size=pos_grid * self.variant.patch_size,
             dynamic_img_size=True,
-            embed_dim=embed_dim,
-            depth=depth or self.variant.depth,
-            num_heads=num_heads,
-            reg_tokens=registers,
-            no_embed_class=registers > 0,
             num_classes=0,
+            **overrides,
         )
         self.pos_grid = pos_grid
         self.interpolate_offset = interpolate_offset
@@ -253,7 +297,7 @@ class DinoV2Encoder(nn.Module):
 
     @property
     def patch_size(self) -> int:
-        """Side of a patch in pixels (14)."""
+        """Side of a patch in pixels."""
         return self.variant.patch_size
 
     @property
@@ -314,7 +358,7 @@ class DinoV2Encoder(nn.Module):
         variant = self.variant
         try:
             reference = timm.create_model(
-                variant.timm_name, pretrained=True, img_size=self.pos_grid * PATCH_SIZE, num_classes=0
+                variant.timm_name, pretrained=True, img_size=self.pos_grid * self.patch_size, num_classes=0
             )
         except Exception as error:
             msg = (
@@ -333,13 +377,14 @@ class DinoV2Encoder(nn.Module):
     def patch_grid(self, images: torch.Tensor) -> tuple[int, int]:
         """(h, w) patch grid of a (B, 3, H, W) batch; H and W must be multiples of 14."""
         height, width = images.shape[-2:]
-        if height % PATCH_SIZE or width % PATCH_SIZE:
+        patch = self.patch_size
+        if height % patch or width % patch:
             msg = (
-                f"Input size {height}x{width} is not a multiple of the patch size {PATCH_SIZE}. "
+                f"Input size {height}x{width} is not a multiple of the patch size {patch}. "
                 "Use a crop/resize that is, e.g. 392 (= 28 x 14) or 448 (= 32 x 14)."
             )
             raise ValueError(msg)
-        return height // PATCH_SIZE, width // PATCH_SIZE
+        return height // patch, width // patch
 
     def prepare_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch-embed and add position embeddings: ``[CLS, registers, patches]``.

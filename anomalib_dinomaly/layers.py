@@ -10,6 +10,8 @@ import torch.nn.functional as F  # noqa: N812
 from timm.layers import Mlp
 from torch import nn
 
+DEFAULT_BOTTLENECK_DROPOUT = 0.2  # the paper's; 0.4 for Real-IAD
+DEFAULT_MLP_RATIO = 4.0  # hidden width of bottleneck and decoder MLPs relative to D
 DECODER_NORM_EPS = 1e-8  # official decoder LayerNorm eps; the bottleneck output is small (~0.04), so it matters
 ATTENTION_EPS = 1e-6  # not in the official code, whose normaliser can underflow to 0 and give NaN
 DINOMALY2_ATTENTION_EPS = 1e-8  # Dinomaly2's LinearAttention2(eps=1e-8)
@@ -47,7 +49,7 @@ class NoisyBottleneck(nn.Module):
         dropout: dropout probability, used at all three places (0.2; 0.4 for Real-IAD).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.2) -> None:
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = DEFAULT_BOTTLENECK_DROPOUT) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             msg = f"bottleneck dropout must be in [0, 1), got {dropout}."
@@ -203,7 +205,7 @@ class DecoderBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = DEFAULT_MLP_RATIO,
         qkv_bias: bool = True,
         norm_eps: float = DECODER_NORM_EPS,
         attention_eps: float = ATTENTION_EPS,

@@ -14,32 +14,59 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig, STEP_OUTPUT
 from torch.optim import Optimizer
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
+from anomalib_dinomaly.anomaly_map import DEFAULT_EVAL_SIZE, DEFAULT_TOP_RATIO, AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
 from anomalib_dinomaly.deploy import DinomalyExportMixin
-from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, build_encoder, resolve_variant
+from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, PATCH_SIZE, build_encoder, resolve_variant
 from anomalib_dinomaly.encoder_dinov3 import is_dinov3_name, resolve_dinov3_variant
-from anomalib_dinomaly.layers import ATTENTION_EPS, COMPRESSED_DIM, RECENTERING_EPS, ContextAwareRecentering
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.layers import (
+    ATTENTION_EPS,
+    COMPRESSED_DIM,
+    DEFAULT_BOTTLENECK_DROPOUT,
+    RECENTERING_EPS,
+    ContextAwareRecentering,
+)
+from anomalib_dinomaly.loss import (
+    DEFAULT_HARD_MINING_FACTOR,
+    DEFAULT_HARD_MINING_FINAL,
+    DEFAULT_HARD_MINING_RAMP_STEPS,
+    GlobalCosineHardMiningLoss,
+    hard_mining_percent,
+)
 from anomalib_dinomaly.metrics import CategoryEvaluator
-from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR, trainable_parameter_groups
+from anomalib_dinomaly.optim import (
+    DEFAULT_AMSGRAD,
+    DEFAULT_EPS,
+    DEFAULT_FINAL_LR_RATIO,
+    DEFAULT_LR,
+    DEFAULT_WARMUP_STEPS,
+    DEFAULT_WEIGHT_DECAY,
+    StableAdamW,
+    WarmupCosineLR,
+    trainable_parameter_groups,
+)
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
-from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel, build_bottleneck, build_decoder
+from anomalib_dinomaly.torch_model import (
+    DEFAULT_DECODER_DEPTH,
+    DEFAULT_GROUPS,
+    DinomalyModel,
+    build_bottleneck,
+    build_decoder,
+)
 
 logger = logging.getLogger(__name__)
 
-DINOV2_GEOMETRY = (448, 392)  # the ViT/14 default resize and crop, which a ViT/16 encoder replaces by its own
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-LIGHTNING_DEFAULT_EPOCHS = 1000  # what Lightning trains when neither max_epochs nor max_steps is given
+DEFAULT_MAX_STEPS = 10_000  # the paper's unified training length, used when the trainer sets none
+DEFAULT_MAX_GRAD_NORM = 0.1
 RNG_STATE_KEY = "dinomaly_rng_state"
 
 
@@ -120,22 +147,22 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         target_layers: list[int] | None = None,
         fuse_layer_encoder: list[list[int]] | None = None,
         fuse_layer_decoder: list[list[int]] | None = None,
-        decoder_depth: int = 8,
-        bottleneck_dropout: float = 0.2,
-        image_size: int | tuple[int, int] = 448,
-        crop_size: int | tuple[int, int] | None = 392,
-        lr: float = 2e-3,
-        final_lr: float | None = 2e-4,
-        weight_decay: float = 1e-4,
-        eps: float = 1e-10,
-        warmup_steps: int = 100,
-        max_grad_norm: float = 0.1,
-        hard_mining_percent: float = 0.9,
-        hard_mining_ramp_steps: int = 1000,
-        hard_mining_factor: float = 0.1,
-        default_max_steps: int = 10_000,
-        eval_size: int | None = 256,
-        top_ratio: float = 0.01,
+        decoder_depth: int = DEFAULT_DECODER_DEPTH,
+        bottleneck_dropout: float = DEFAULT_BOTTLENECK_DROPOUT,
+        image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
+        lr: float = DEFAULT_LR,
+        final_lr: float | None = DEFAULT_LR * DEFAULT_FINAL_LR_RATIO,
+        weight_decay: float = DEFAULT_WEIGHT_DECAY,
+        eps: float = DEFAULT_EPS,
+        warmup_steps: int = DEFAULT_WARMUP_STEPS,
+        max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
+        hard_mining_percent: float = DEFAULT_HARD_MINING_FINAL,
+        hard_mining_ramp_steps: int = DEFAULT_HARD_MINING_RAMP_STEPS,
+        hard_mining_factor: float = DEFAULT_HARD_MINING_FACTOR,
+        default_max_steps: int = DEFAULT_MAX_STEPS,
+        eval_size: int | None = DEFAULT_EVAL_SIZE,
+        top_ratio: float = DEFAULT_TOP_RATIO,
         check_data: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -146,14 +173,14 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         context_recentering: bool = False,
         recentering_eps: float = RECENTERING_EPS,
         attention_eps: float = ATTENTION_EPS,
-        amsgrad: bool = True,
+        amsgrad: bool = DEFAULT_AMSGRAD,
         first_layer_lr_ratio: float = 1.0,
         warmup_includes_end: bool = True,
         nonfinite_grads: str = "ignore",
         encoder_rope_rescale: float | None = None,
     ) -> None:
         variant = encoder_variant(encoder_name)
-        if (image_size, crop_size) == DINOV2_GEOMETRY:
+        if (image_size, crop_size) == (DEFAULT_IMAGE_SIZE, DEFAULT_CROP_SIZE):
             # Reassigned before AnomalibModule saves the hyper-parameters, so they record the sizes in use.
             image_size, crop_size = variant.default_image_size, variant.default_crop_size
         if pre_processor is True:
@@ -194,8 +221,8 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
     @classmethod
     def configure_pre_processor(
         cls,
-        image_size: int | tuple[int, int] = 448,
-        crop_size: int | tuple[int, int] | None = 392,
+        image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
         patch_size: int = PATCH_SIZE,
     ) -> PreProcessor:
         """Resize to ``image_size``, center-crop ``crop_size``, ImageNet normalisation.
@@ -219,7 +246,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
                 f"the encoder's patch size {patch_size}, e.g. {28 * patch_size} or {32 * patch_size}."
             )
             raise ValueError(msg)
-        transforms.append(Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+        transforms.append(Normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
         return PreProcessor(transform=Compose(transforms))
 
     @staticmethod
@@ -259,28 +286,40 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No sanity validation; training length and clipping are handled in :meth:`setup` / clipping hook,
-        so that a user's ``max_steps`` / ``max_epochs`` / ``gradient_clip_val`` always win."""
+        """No sanity validation; training length and clipping are handled in
+        :meth:`apply_default_training_length` / :meth:`configure_gradient_clipping`, so that a user's
+        ``max_steps`` / ``max_epochs`` / ``gradient_clip_val`` always win."""
         return {"num_sanity_val_steps": 0}
 
     def forward(self, batch: torch.Tensor, *args, **kwargs):  # noqa: ANN201
         """Pre-process, predict, post-process a (B, C, H, W) batch with C in {1, 3, 4}; returns ``InferenceBatch``."""
         return super().forward(DinomalyModel.to_three_channels(batch), *args, **kwargs)
 
-    def setup(self, stage: str) -> None:
-        """Replace Lightning's implicit 1,000 epochs by the paper's ``default_max_steps`` (10,000) steps."""
-        if stage != "fit" or self._trainer is None:
-            return
-        trainer = self.trainer
-        implicit = (
-            trainer.max_steps == -1
-            and trainer.fit_loop.max_epochs == LIGHTNING_DEFAULT_EPOCHS
+    @AnomalibModule.trainer.setter
+    def trainer(self, trainer: Trainer | None) -> None:
+        """Lightning's setter, plus :meth:`apply_default_training_length` when a fit attaches this module."""
+        AnomalibModule.trainer.fset(self, trainer)
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            self.apply_default_training_length(trainer)
+
+    def apply_default_training_length(self, trainer: Trainer) -> None:
+        """Train ``default_max_steps`` (the paper's 10,000) steps when the trainer was given no length at all.
+
+        The rule: neither ``max_steps`` nor ``max_epochs`` (nor ``max_time``) was set. Lightning leaves an unset
+        ``max_epochs`` as ``None`` until its fit starts and only then turns it into 1,000 epochs; ``trainer.fit``
+        attaches the module before that, so here an unset ``max_epochs`` (``None``) and a user's
+        ``max_epochs=1000`` differ. Whatever the user sets wins, ``max_epochs=1000`` included.
+        """
+        fit_loop = trainer.fit_loop
+        unset = (
+            fit_loop.max_epochs is None
+            and trainer.max_steps == -1
             and not any(isinstance(callback, Timer) for callback in trainer.callbacks)
         )
-        if implicit:
+        if unset:
             logger.info("No max_steps/max_epochs given: training the paper's %d steps.", self.hparams.default_max_steps)
-            trainer.fit_loop.max_epochs = -1
-            trainer.fit_loop.epoch_loop.max_steps = self.hparams.default_max_steps
+            fit_loop.max_epochs = -1
+            fit_loop.epoch_loop.max_steps = self.hparams.default_max_steps
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Global cosine loss with hard mining at ``p`` for the current optimizer step."""
@@ -326,7 +365,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             lr=hparams.lr,
             weight_decay=hparams.weight_decay,
             eps=hparams.eps,
-            amsgrad=hparams.get("amsgrad", True),
+            amsgrad=hparams.get("amsgrad", DEFAULT_AMSGRAD),
             nonfinite_grads=hparams.get("nonfinite_grads", "ignore"),
         )
         total_steps = self.trainer.estimated_stepping_batches

@@ -8,8 +8,17 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+# The official hard mining: p rises linearly to 0.9 over 1,000 steps; easy points keep 0.1 of their gradient.
+DEFAULT_HARD_MINING_FINAL = 0.9
+DEFAULT_HARD_MINING_RAMP_STEPS = 1000
+DEFAULT_HARD_MINING_FACTOR = 0.1
 
-def hard_mining_percent(step: int, final: float = 0.9, ramp_steps: int = 1000) -> float:
+
+def hard_mining_percent(
+    step: int,
+    final: float = DEFAULT_HARD_MINING_FINAL,
+    ramp_steps: int = DEFAULT_HARD_MINING_RAMP_STEPS,
+) -> float:
     """Share of easy points whose gradient is scaled down at optimizer step ``step`` (0-based).
 
     ``p = min(final * step / ramp_steps, final)``: 0 at the first step, ``final`` from ``ramp_steps`` on.
@@ -31,7 +40,7 @@ class GlobalCosineHardMiningLoss(nn.Module):
         factor: gradient multiplier for the easy points (0.1).
     """
 
-    def __init__(self, factor: float = 0.1) -> None:
+    def __init__(self, factor: float = DEFAULT_HARD_MINING_FACTOR) -> None:
         super().__init__()
         self.factor = factor
 
@@ -39,7 +48,7 @@ class GlobalCosineHardMiningLoss(nn.Module):
         self,
         encoder_groups: Sequence[torch.Tensor],
         decoder_groups: Sequence[torch.Tensor],
-        p: float = 0.9,
+        p: float = DEFAULT_HARD_MINING_FINAL,
     ) -> torch.Tensor:
         """Loss for G groups of (B, D, h, w) features; gradients flow into the decoder groups only.
 

@@ -18,9 +18,30 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from anomalib_dinomaly.encoder import PATCH_SIZE, PRETRAINING_GRID, DinoV2Encoder, load_weights_file
-from anomalib_dinomaly.layers import ATTENTION_EPS, DECODER_NORM_EPS, RECENTERING_EPS, ContextAwareRecentering
-from anomalib_dinomaly.torch_model import DinomalyModel, build_bottleneck, build_decoder
+from anomalib_dinomaly.encoder import (
+    DEFAULT_ENCODER,
+    ENCODER_VARIANTS,
+    INTERPOLATE_OFFSET,
+    PATCH_SIZE,
+    PRETRAINING_GRID,
+    DinoV2Encoder,
+    load_weights_file,
+    resolve_variant,
+)
+from anomalib_dinomaly.layers import (
+    ATTENTION_EPS,
+    DECODER_NORM_EPS,
+    DEFAULT_BOTTLENECK_DROPOUT,
+    RECENTERING_EPS,
+    ContextAwareRecentering,
+)
+from anomalib_dinomaly.torch_model import (
+    DEFAULT_DECODER_DEPTH,
+    DEFAULT_GROUPS,
+    DinomalyModel,
+    build_bottleneck,
+    build_decoder,
+)
 
 if TYPE_CHECKING:
     from anomalib_dinomaly.lightning_model import Dinomaly
@@ -40,21 +61,28 @@ OFFICIAL_CONFIG_KEYS = (
     "bottleneck_dropout",
 )
 
-#: The official ``dinomaly_mvtec_uni.py`` setting: ViT-B/14 with 4 registers.
-OFFICIAL_DEFAULT_CONFIG: dict[str, Any] = {
-    "embed_dim": 768,
-    "depth": 12,
-    "num_heads": 12,
-    "num_register_tokens": 4,
-    "patch_size": 14,
-    "pos_grid": 37,
-    "interpolate_offset": 0.1,
-    "target_layers": [2, 3, 4, 5, 6, 7, 8, 9],
-    "fuse_layer_encoder": [[0, 1, 2, 3], [4, 5, 6, 7]],
-    "fuse_layer_decoder": [[0, 1, 2, 3], [4, 5, 6, 7]],
-    "decoder_depth": 8,
-    "bottleneck_dropout": 0.2,
-}
+_ENCODER_KEYS = ("embed_dim", "depth", "num_heads", "num_register_tokens")
+
+
+def official_default_config() -> dict[str, Any]:
+    """The official ``dinomaly_mvtec_uni.py`` setting (ViT-B/14 with 4 registers): this package's defaults.
+
+    The encoder shape is timm's for the default variant; layers, groups, depth and dropout are the
+    defaults of :class:`DinomalyModel`.
+    """
+    variant = resolve_variant(DEFAULT_ENCODER)
+    return {
+        **variant.architecture,
+        "patch_size": variant.patch_size,
+        "pos_grid": PRETRAINING_GRID,
+        "interpolate_offset": INTERPOLATE_OFFSET,
+        "target_layers": list(variant.target_layers),
+        "fuse_layer_encoder": [list(group) for group in DEFAULT_GROUPS],
+        "fuse_layer_decoder": [list(group) for group in DEFAULT_GROUPS],
+        "decoder_depth": DEFAULT_DECODER_DEPTH,
+        "bottleneck_dropout": DEFAULT_BOTTLENECK_DROPOUT,
+    }
+
 
 #: Keys of a Dinomaly2 preview configuration (``dinomaly_2D.py``) beyond :data:`OFFICIAL_CONFIG_KEYS`.
 DINOMALY2_CONFIG_KEYS = (
@@ -79,8 +107,6 @@ DINOMALY2_CONFIG_KEYS = (
 #: Keys that only a DINOv3 encoder's configuration has.
 _DINOV3_KEYS = ("rope_base", "rope_normalize_coords", "rope_periods_loaded", "n_storage_tokens", "rope_dtype")
 
-_VARIANT_BY_WIDTH = {384: "small", 768: "base", 1024: "large"}
-_ENCODER_KEYS = ("embed_dim", "depth", "num_heads", "num_register_tokens")
 
 
 def encoder_family(config: Mapping[str, Any] | None) -> str:
@@ -104,7 +130,7 @@ def complete_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
 
     config = dict(config or {})
     family = encoder_family(config)
-    merged = dict(OFFICIAL_DEFAULT_CONFIG)
+    merged = official_default_config()
     if family == "dinov3":
         merged["patch_size"] = DINOV3_PATCH_SIZE
         if "n_storage_tokens" in config:
@@ -239,11 +265,17 @@ def convert_official_state_dict(
 
 
 def _encoder_name(config: Mapping[str, Any]) -> str:
-    """The named variant whose family matches a completed config (its widths may still be overridden)."""
-    width = _VARIANT_BY_WIDTH.get(config["embed_dim"], "base")
+    """The named variant of the config's family and width (with or without registers as the config says); ViT-B
+    for other widths (whose shape the config then overrides)."""
     if encoder_family(config) == "dinov3":
-        return f"dinov3_vit_{width}_16"
-    return f"{'dinov2reg' if config['num_register_tokens'] else 'dinov2'}_vit_{width}_14"
+        from anomalib_dinomaly.encoder_dinov3 import DINOV3_VARIANTS
+
+        same_width = [name for name, variant in DINOV3_VARIANTS.items() if variant.embed_dim == config["embed_dim"]]
+        return same_width[0] if same_width else "dinov3_vit_base_16"
+    registers = bool(config["num_register_tokens"])
+    candidates = [name for name in ENCODER_VARIANTS if name.startswith("dinov2reg_" if registers else "dinov2_vit")]
+    same_width = [name for name in candidates if resolve_variant(name).embed_dim == config["embed_dim"]]
+    return same_width[0] if same_width else f"{'dinov2reg' if registers else 'dinov2'}_vit_base_14"
 
 
 def is_dinomaly2_config(config: Mapping[str, Any]) -> bool:
@@ -391,10 +423,10 @@ def dinomaly_from_official_checkpoint(
     from anomalib_dinomaly.lightning_model import Dinomaly  # the Lightning module imports anomalib: load on use
 
     config = complete_config(config)
-    if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, 0.1):
+    if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, INTERPOLATE_OFFSET):
         msg = (
             f"pos_grid {config['pos_grid']} / interpolate_offset {config['interpolate_offset']} differ from DINOv2's "
-            f"({PRETRAINING_GRID} / 0.1); use from_official_checkpoint for such a model."
+            f"({PRETRAINING_GRID} / {INTERPOLATE_OFFSET}); use from_official_checkpoint for such a model."
         )
         raise ValueError(msg)
     architecture = _architecture(config)

@@ -14,6 +14,16 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+# The official training: StableAdamW lr 2e-3, wd 1e-4, eps 1e-10 (unified; 1e-8 class-separated), AMSGrad;
+# 100 linear warm-up steps, then cosine down to a tenth of the learning rate.
+DEFAULT_LR = 2e-3
+DEFAULT_BETAS = (0.9, 0.999)
+DEFAULT_EPS = 1e-10
+DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_AMSGRAD = True
+DEFAULT_WARMUP_STEPS = 100
+DEFAULT_FINAL_LR_RATIO = 0.1
+
 logger = logging.getLogger(__name__)
 
 #: What :class:`StableAdamW` does with a NaN/Inf gradient (see its docstring).
@@ -46,11 +56,11 @@ class StableAdamW(Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict],
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-10,
-        weight_decay: float = 1e-4,
-        amsgrad: bool = True,
+        lr: float = DEFAULT_LR,
+        betas: tuple[float, float] = DEFAULT_BETAS,
+        eps: float = DEFAULT_EPS,
+        weight_decay: float = DEFAULT_WEIGHT_DECAY,
+        amsgrad: bool = DEFAULT_AMSGRAD,
         clip_threshold: float = 1.0,
         nonfinite_grads: str = "ignore",
     ) -> None:
@@ -136,7 +146,7 @@ def warmup_cosine_lr(
     base_lr: float,
     final_lr: float,
     total_steps: int,
-    warmup_steps: int = 100,
+    warmup_steps: int = DEFAULT_WARMUP_STEPS,
     warmup_start_lr: float = 0.0,
     warmup_includes_end: bool = True,
 ) -> float:
@@ -181,8 +191,8 @@ class WarmupCosineLR(LRScheduler):
         self,
         optimizer: Optimizer,
         total_steps: int,
-        warmup_steps: int = 100,
-        final_lr_ratio: float = 0.1,
+        warmup_steps: int = DEFAULT_WARMUP_STEPS,
+        final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO,
         warmup_start_lr: float = 0.0,
         last_epoch: int = -1,
         warmup_includes_end: bool = True,

@@ -19,6 +19,8 @@ from anomalib_dinomaly.layers import (
     ATTENTION_EPS,
     COMPRESSED_DIM,
     DECODER_NORM_EPS,
+    DEFAULT_BOTTLENECK_DROPOUT,
+    DEFAULT_MLP_RATIO,
     DINOMALY2_ATTENTION_EPS,
     DINOMALY2_BOTTLENECK_DROPOUT,
     RECENTERING_EPS,
@@ -29,6 +31,8 @@ from anomalib_dinomaly.layers import (
     PatchTokens,
 )
 
+DEFAULT_DECODER_DEPTH = 8
+#: Layer groups fused for both encoder and decoder: the first and last four of the eight target layers.
 DEFAULT_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6, 7))
 BOTTLENECK_KINDS = ("mlp", "compressed")  # Dinomaly's two-layer MLP, Dinomaly2's three-layer one
 
@@ -37,7 +41,7 @@ def build_bottleneck(
     kind: str,
     dim: int,
     dropout: float,
-    mlp_ratio: float = 4.0,
+    mlp_ratio: float = DEFAULT_MLP_RATIO,
     compressed_dim: int = COMPRESSED_DIM,
     hidden_dim: int | None = None,
 ) -> nn.Module:
@@ -60,8 +64,8 @@ def build_bottleneck(
 def build_decoder(
     dim: int,
     num_heads: int,
-    depth: int = 8,
-    mlp_ratio: float = 4.0,
+    depth: int = DEFAULT_DECODER_DEPTH,
+    mlp_ratio: float = DEFAULT_MLP_RATIO,
     norm_eps: float = DECODER_NORM_EPS,
     attention_eps: float = ATTENTION_EPS,
 ) -> nn.ModuleList:
@@ -151,9 +155,9 @@ class DinomalyModel(nn.Module):
         target_layers: Sequence[int] | None = None,
         fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
         fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
-        decoder_depth: int = 8,
-        bottleneck_dropout: float = 0.2,
-        mlp_ratio: float = 4.0,
+        decoder_depth: int = DEFAULT_DECODER_DEPTH,
+        bottleneck_dropout: float = DEFAULT_BOTTLENECK_DROPOUT,
+        mlp_ratio: float = DEFAULT_MLP_RATIO,
         anomaly_map_generator: AnomalyMapGenerator | None = None,
         bottleneck: nn.Module | None = None,
         decoder: Sequence[nn.Module] | None = None,
@@ -300,9 +304,9 @@ class Dinomaly2Model(DinomalyModel):
         target_layers: Sequence[int] | None = None,
         fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
         fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
-        decoder_depth: int = 8,
+        decoder_depth: int = DEFAULT_DECODER_DEPTH,
         bottleneck_dropout: float = DINOMALY2_BOTTLENECK_DROPOUT,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = DEFAULT_MLP_RATIO,
         anomaly_map_generator: AnomalyMapGenerator | None = None,
         fuse_layer_bottleneck: Sequence[int] | None = None,
         bottleneck_kind: str = "compressed",
