@@ -398,12 +398,47 @@ def from_official_checkpoint(
     return model.eval()
 
 
+def _dinomaly2_module_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part options of :class:`~anomalib_dinomaly.Dinomaly2` a completed preview config describes.
+
+    Raises:
+        ValueError: a decoder or bottleneck shape the module cannot build (it uses 4 x D hidden widths and the
+            encoder's head count).
+    """
+    arguments: dict[str, Any] = {
+        "context_recentering": bool(config.get("context_aware_recenter", False)),
+        "recentering_eps": config.get("car_layer_norm_eps", RECENTERING_EPS),
+        "attention_eps": config.get("linear_attention_eps", ATTENTION_EPS),
+        "bottleneck_kind": "compressed" if "bottleneck_hidden_dims" in config else "mlp",
+    }
+    hidden = 4 * config["embed_dim"]
+    all_layers = list(range(len(config["target_layers"])))
+    if "bottleneck_hidden_dims" in config:
+        arguments["compressed_dim"], hidden = config["bottleneck_hidden_dims"]
+    problems = {
+        key: value
+        for key, value, supported in (
+            ("bottleneck_hidden_dims[1]", hidden, 4 * config["embed_dim"]),
+            ("mlp_ratio", config.get("mlp_ratio", 4.0), 4.0),
+            ("decoder_num_heads", config.get("decoder_num_heads", config["num_heads"]), config["num_heads"]),
+            ("decoder_layernorm_eps", config.get("decoder_layernorm_eps", DECODER_NORM_EPS), DECODER_NORM_EPS),
+            ("fuse_layer_bottleneck", list(config.get("fuse_layer_bottleneck", all_layers)), all_layers),
+        )
+        if value != supported
+    }
+    if problems:
+        msg = f"The anomalib module builds 4 x D MLPs and the encoder's heads; the config has {problems}. Use from_official_checkpoint."
+        raise ValueError(msg)
+    return arguments
+
+
 def dinomaly_from_official_checkpoint(
     checkpoint: str | Path | Mapping[str, torch.Tensor],
     config: Mapping[str, Any] | None = None,
     **module_kwargs: Any,  # noqa: ANN401
 ) -> Dinomaly:
-    """An anomalib :class:`~anomalib_dinomaly.Dinomaly` module holding the weights of an official checkpoint.
+    """An anomalib module holding the weights of an official checkpoint: :class:`~anomalib_dinomaly.Dinomaly`, or
+    :class:`~anomalib_dinomaly.Dinomaly2` for a Dinomaly2 preview config (its parts taken from the config).
 
     Save it as a plugin checkpoint (``engine.trainer.save_checkpoint`` after ``engine.validate``, which fits
     thresholds and normalisation) or export it with ``engine.export``: see ``examples/official_to_openvino.py``.
@@ -423,17 +458,23 @@ def dinomaly_from_official_checkpoint(
     from anomalib_dinomaly.lightning_model import Dinomaly  # the Lightning module imports anomalib: load on use
 
     config = complete_config(config)
-    if (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, INTERPOLATE_OFFSET):
+    dinov2 = encoder_family(config) == "dinov2"
+    if dinov2 and (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, INTERPOLATE_OFFSET):
         msg = (
             f"pos_grid {config['pos_grid']} / interpolate_offset {config['interpolate_offset']} differ from DINOv2's "
             f"({PRETRAINING_GRID} / {INTERPOLATE_OFFSET}); use from_official_checkpoint for such a model."
         )
         raise ValueError(msg)
     architecture = _architecture(config)
+    module_class = Dinomaly
+    if is_dinomaly2_config(config):
+        from anomalib_dinomaly.dinomaly2 import Dinomaly2 as module_class
+
+        architecture.update(_dinomaly2_module_arguments(config))
     repeated = sorted(set(architecture) & set(module_kwargs))
     if repeated:
         msg = f"{repeated} come from the official config; pass them in `config`, not as module arguments."
         raise ValueError(msg)
-    module = Dinomaly(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
+    module = module_class(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
     _load_official_weights(module.model, checkpoint, config)
     return module.eval()

@@ -482,3 +482,16 @@ def test_other_configurations_build_from_their_config(name):
         torch.testing.assert_close(model(images).pred_score, source(images).pred_score, atol=0, rtol=0)
     side = config["image_size"] // config["patch_size"]
     assert got[0][0].shape == (2, config["embed_dim"], side, side)
+
+
+def test_preview_checkpoint_to_the_anomalib_module(golden):
+    """``dinomaly_from_official_checkpoint`` gives a Dinomaly2 module whose network is the preview model's."""
+    from anomalib_dinomaly import Dinomaly2
+    from anomalib_dinomaly.official import dinomaly_from_official_checkpoint
+
+    size = golden["images"].shape[-1]
+    module = dinomaly_from_official_checkpoint(golden["state_dict"], golden["config"], image_size=size, crop_size=size)
+    assert type(module) is Dinomaly2 and not module.training
+    assert module.model.encoder.patch_size == golden["config"]["patch_size"]
+    with torch.no_grad():
+        torch.testing.assert_close(module.model(golden["images"]).pred_score, _model(golden)(golden["images"]).pred_score, atol=0, rtol=0)
