@@ -1,7 +1,8 @@
 """Dinomaly2 exports through anomalib's path (deploy.py), with a DINOv2 and a DINOv3 encoder (RoPE included).
 
 ONNX (dynamic size) and OpenVINO FP32 (static size) must match the torch model within 1e-4 on the normalised
-anomaly maps and scores of real bottle test images; OpenVINO FP16 maps must correlate with them (>= 0.999).
+anomaly maps and scores of real bottle test images; OpenVINO FP16 maps must correlate with them (>= 0.999), and
+INT8 post-training quantised maps (static size, calibrated on the training images) at >= 0.99.
 Small random encoders trained for two steps, so the normalisation statistics exist.
 """
 
@@ -31,7 +32,7 @@ ENCODERS = {
 
 @pytest.fixture(scope="module", params=list(ENCODERS))
 def trained(request, tmp_path_factory, mvtec_root):
-    """(model, engine, workdir, geometry) after two training steps and a validation pass."""
+    """(model, engine, workdir, settings, datamodule) after two training steps and a validation pass."""
     workdir = tmp_path_factory.mktemp(f"export-{request.param}")
     settings = ENCODERS[request.param]
     torch.manual_seed(0)
@@ -41,7 +42,7 @@ def trained(request, tmp_path_factory, mvtec_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         engine.fit(model, datamodule=datamodule)
-    return model.eval(), engine, workdir, settings
+    return model.eval(), engine, workdir, settings, datamodule
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +72,21 @@ def _predict(model, inferencer, images, static_size):
         pytest.param(ExportType.ONNX, None, False, id="onnx-fp32-dynamic"),
         pytest.param(ExportType.OPENVINO, None, True, id="openvino-fp32-static"),
         pytest.param(ExportType.OPENVINO, CompressionType.FP16, False, id="openvino-fp16-dynamic"),
+        pytest.param(ExportType.OPENVINO, CompressionType.INT8_PTQ, True, id="openvino-int8-static"),
     ],
 )
 def test_dinomaly2_exports_match_torch(trained, test_images, export_type, compression, static, monkeypatch):
-    model, engine, workdir, settings = trained
+    model, engine, workdir, settings, datamodule = trained
     monkeypatch.chdir(workdir)  # OpenVINOInferencer writes an ``openvino_cache`` folder into the working directory
     size = (settings["image_size"], settings["image_size"])
     root = workdir / f"{export_type.value}-{compression.value if compression else 'fp32'}-{static}"
     path = engine.export(
-        model, export_type, export_root=root, input_size=size if static else None, compression_type=compression
+        model,
+        export_type,
+        export_root=root,
+        input_size=size if static else None,
+        compression_type=compression,
+        datamodule=datamodule if compression == CompressionType.INT8_PTQ else None,
     )
     crop = (settings["crop_size"], settings["crop_size"])
     assert read_geometry(path) == Geometry(size, crop)
@@ -94,4 +101,5 @@ def test_dinomaly2_exports_match_torch(trained, test_images, export_type, compre
     else:
         pairs = zip(reference, exported, strict=True)
         correlations = [float(np.corrcoef(ref.ravel(), out.ravel())[0, 1]) for (ref, _), (out, _) in pairs]
-        assert min(correlations) >= 0.999, f"Pearson correlation with the FP32 maps: {correlations}"
+        threshold = 0.99 if compression == CompressionType.INT8_PTQ else 0.999
+        assert min(correlations) >= threshold, f"Pearson correlation with the FP32 maps: {correlations}"
