@@ -10,7 +10,8 @@ k bias, LayerScale, LayerNorm eps 1e-5 and RoPE numerics as Meta's ``DinoVisionT
 - the RoPE table (same formula as timm's and Meta's), because timm's turns the grid size into Python floats,
   so an ONNX export with dynamic height/width would keep the traced grid's coordinates;
 - the block loop, which draws the train-mode RoPE coordinate rescale once per block as Meta's
-  ``get_intermediate_layers`` does (timm's Eva draws once per forward and does not expose the option).
+  ``get_intermediate_layers`` does (timm's Eva builds one table per forward for all blocks, and its
+  ``vit_*_patch16_dinov3`` definitions leave the option out).
 """
 
 from __future__ import annotations
