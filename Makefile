@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit-run loop: everything but the end-to-end runs marked slow (CI runs `make test`).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/python examples/demo.py --data $(DATA) --category $(CATEGORY) --output results/demo $(DEMO_ARGS)

@@ -25,7 +25,6 @@ _EXPORTS = {
     "StableAdamW": "anomalib_dinomaly.optim",
     "WarmupCosineLR": "anomalib_dinomaly.optim",
     "from_official_checkpoint": "anomalib_dinomaly.official",
-    "dinomaly_from_official_checkpoint": "anomalib_dinomaly.official",
     "MultiClass": "anomalib_dinomaly.data",
     "CategoryEvaluator": "anomalib_dinomaly.metrics",
     "CategoryThresholds": "anomalib_dinomaly.metrics",

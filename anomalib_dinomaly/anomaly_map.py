@@ -16,20 +16,6 @@ DEFAULT_BLUR_SIGMA = 4.0
 DEFAULT_TOP_RATIO = 0.01
 
 
-def gaussian_kernel(kernel_size: int = DEFAULT_BLUR_KERNEL_SIZE, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
-    """Normalised 2-D Gaussian kernel of the official evaluation.
-
-    Returns:
-        (1, 1, k, k) float32 kernel summing to 1.
-    """
-    coords = torch.arange(kernel_size, dtype=torch.float32)
-    grid = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), dim=-1)
-    centre = (kernel_size - 1) / 2.0
-    variance = sigma**2.0
-    kernel = torch.exp(-torch.sum((grid - centre) ** 2.0, dim=-1) / (2 * variance)) / (2.0 * torch.pi * variance)
-    return (kernel / kernel.sum()).reshape(1, 1, kernel_size, kernel_size)
-
-
 def cosine_distance_maps(encoder_groups: Sequence[torch.Tensor], decoder_groups: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-group ``1 - cos`` over channels.
 
@@ -69,8 +55,8 @@ class AnomalyMaps(NamedTuple):
 class AnomalyMapGenerator(nn.Module):
     """Turns fused feature groups into a smoothed anomaly map and an image score.
 
-    The blur is our own 5x5 convolution with zero padding (the official evaluation's); anomalib's
-    ``GaussianBlur2d`` pads by reflection, which changes the border values by up to 0.6.
+    The blur is anomalib's ``GaussianBlur2d`` with zero padding (``border_type="constant"``), as the official
+    evaluation; its default reflection padding would change the golden maps' borders by up to 0.61.
 
     Args:
         eval_size: side of the square map the score is taken on (256 in the paper); ``None`` keeps the
@@ -99,11 +85,18 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(msg)
         self.eval_size = eval_size
         self.top_ratio = top_ratio
-        self.register_buffer("kernel", gaussian_kernel(kernel_size, sigma), persistent=False)
+        # Imported here: importing anomalib.models registers the plugin, whose module imports this one.
+        from anomalib.models.components.filters import GaussianBlur2d
+
+        self.blur = GaussianBlur2d(sigma=sigma, channels=1, kernel_size=kernel_size, border_type="constant")
+        # Rebuilt from kernel_size and sigma, so kept out of the state dict (checkpoints hold no kernel).
+        kernel = self.blur.kernel
+        del self.blur.kernel
+        self.blur.register_buffer("kernel", kernel, persistent=False)
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
         """Gaussian blur with zero padding: (B, 1, H, W) -> (B, 1, H, W)."""
-        return F.conv2d(maps, self.kernel.to(maps.dtype), padding=self.kernel.shape[-1] // 2)
+        return self.blur(maps)
 
     def score(self, eval_map: torch.Tensor) -> torch.Tensor:
         """Mean of the top ``top_ratio`` pixels (official: ``int(N * ratio)``, at least 1); topk, not sort, so it exports.

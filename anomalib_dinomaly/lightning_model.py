@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_dinomaly.anomaly_map import DEFAULT_EVAL_SIZE, DEFAULT_TOP_RATIO, AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
-from anomalib_dinomaly.deploy import DinomalyExportMixin
+from anomalib_dinomaly.export import DinomalyExportMixin
 from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, PATCH_SIZE, build_encoder, resolve_variant
 from anomalib_dinomaly.encoder_dinov3 import is_dinov3_name, resolve_dinov3_variant
 from anomalib_dinomaly.layers import (
@@ -39,9 +40,10 @@ from anomalib_dinomaly.loss import (
     DEFAULT_HARD_MINING_FINAL,
     DEFAULT_HARD_MINING_RAMP_STEPS,
     GlobalCosineHardMiningLoss,
-    hard_mining_percent,
+    hard_mining_fraction,
 )
 from anomalib_dinomaly.metrics import CategoryEvaluator
+from anomalib_dinomaly.official import module_from_official_checkpoint
 from anomalib_dinomaly.optim import (
     DEFAULT_AMSGRAD,
     DEFAULT_EPS,
@@ -49,9 +51,6 @@ from anomalib_dinomaly.optim import (
     DEFAULT_LR,
     DEFAULT_WARMUP_STEPS,
     DEFAULT_WEIGHT_DECAY,
-    StableAdamW,
-    WarmupCosineLR,
-    trainable_parameter_groups,
 )
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
@@ -109,8 +108,9 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step. ``final_lr``
             ``None``: no decay, constant after the warm-up (Dinomaly2's final ratio 1.0).
         max_grad_norm: gradient-norm clip (0.1), used when the trainer sets none.
-        hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: ``p`` rises linearly to 0.9 over
-            1,000 steps; easy points keep 0.1 of their gradient.
+        hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: the fraction ``p`` of easy points (a
+            fraction despite the official name) rises linearly to 0.9 over 1,000 steps; easy points keep 0.1 of
+            their gradient.
         default_max_steps: training length when the user gives neither max_steps nor max_epochs (10,000).
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
         check_data: check every image and mask file of the run's data sets before it starts (see
@@ -325,7 +325,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         """Global cosine loss with hard mining at ``p`` for the current optimizer step."""
         del args, kwargs
         encoder_groups, decoder_groups = self.model(batch.image)
-        p = hard_mining_percent(self.global_step, self.hparams.hard_mining_percent, self.hparams.hard_mining_ramp_steps)
+        p = hard_mining_fraction(self.global_step, self.hparams.hard_mining_percent, self.hparams.hard_mining_ramp_steps)
         loss = self.loss(encoder_groups, decoder_groups, p=p)
         if not bool(torch.isfinite(loss)):
             msg = (
@@ -356,6 +356,9 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """StableAdamW on bottleneck and decoder; warm-up + cosine schedule stepped every optimizer step."""
+        # Imported here: this module may be loading while anomalib_dinomaly.optim imports anomalib (see there).
+        from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR, trainable_parameter_groups
+
         hparams = self.hparams
         groups = trainable_parameter_groups(
             self.model.bottleneck, self.model.decoder, hparams.lr, hparams.get("first_layer_lr_ratio", 1.0)
@@ -405,6 +408,31 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self._resumed_rng_state = checkpoint.get(RNG_STATE_KEY)
+
+    @classmethod
+    def from_official_checkpoint(
+        cls,
+        checkpoint: str | Path | Mapping[str, torch.Tensor],
+        config: Mapping[str, Any] | None = None,
+        **module_kwargs: Any,  # noqa: ANN401
+    ) -> Dinomaly:
+        """This module holding the weights of an official Dinomaly checkpoint (``ViTill.state_dict()``).
+
+        The counterpart of Lightning's ``load_from_checkpoint`` for the official code's checkpoints (the torch
+        model alone: :func:`anomalib_dinomaly.official.from_official_checkpoint`). Save it as a plugin checkpoint
+        (``engine.trainer.save_checkpoint`` after ``engine.validate``, which fits thresholds and normalisation)
+        or export it with ``engine.export``: see ``examples/official_to_openvino.py``.
+
+        Args:
+            checkpoint: path to a ``.pth`` / ``.safetensors`` file (read without executing code), or a state dict.
+            config: architecture keys (see :data:`anomalib_dinomaly.official.OFFICIAL_CONFIG_KEYS`); ``None`` =
+                the official ViT-B/14 with registers.
+            **module_kwargs: other constructor arguments (``image_size``, ``crop_size``, ...), not architecture.
+
+        Returns:
+            The module in eval mode; its encoder weights come from ``checkpoint`` (nothing is downloaded).
+        """
+        return module_from_official_checkpoint(cls, checkpoint, config, **module_kwargs)
 
     def on_train_start(self) -> None:
         """Continue the random streams (dropout noise, data order) of the run being resumed.

@@ -432,31 +432,20 @@ def _dinomaly2_module_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
     return arguments
 
 
-def dinomaly_from_official_checkpoint(
+def module_from_official_checkpoint(
+    module_class: type[Dinomaly],
     checkpoint: str | Path | Mapping[str, torch.Tensor],
     config: Mapping[str, Any] | None = None,
     **module_kwargs: Any,  # noqa: ANN401
 ) -> Dinomaly:
-    """An anomalib module holding the weights of an official checkpoint: :class:`~anomalib_dinomaly.Dinomaly`, or
-    :class:`~anomalib_dinomaly.Dinomaly2` for a Dinomaly2 preview config (its parts taken from the config).
-
-    Save it as a plugin checkpoint (``engine.trainer.save_checkpoint`` after ``engine.validate``, which fits
-    thresholds and normalisation) or export it with ``engine.export``: see ``examples/official_to_openvino.py``.
-
-    Args:
-        checkpoint: path or state dict in the official format, as for :func:`from_official_checkpoint`.
-        config: architecture keys (see :data:`OFFICIAL_CONFIG_KEYS`); ``None`` = official ViT-B/14-reg4.
-        **module_kwargs: other :class:`~anomalib_dinomaly.Dinomaly` arguments (``image_size``, ``crop_size``, ...).
-
-    Returns:
-        The module in eval mode; its encoder weights come from ``checkpoint`` (nothing is downloaded).
+    """A ``module_class`` module holding the weights of an official checkpoint: the implementation of
+    :meth:`Dinomaly.from_official_checkpoint <anomalib_dinomaly.Dinomaly.from_official_checkpoint>`. A Dinomaly2
+    preview config also sets the module's parts (recentering, bottleneck, attention eps) from its keys.
 
     Raises:
         ValueError: a config whose position-embedding grid or offset is not DINOv2's (the module builds
             DINOv2's), or ``module_kwargs`` that repeat an architecture key.
     """
-    from anomalib_dinomaly.lightning_model import Dinomaly  # the Lightning module imports anomalib: load on use
-
     config = complete_config(config)
     dinov2 = encoder_family(config) == "dinov2"
     if dinov2 and (config["pos_grid"], config["interpolate_offset"]) != (PRETRAINING_GRID, INTERPOLATE_OFFSET):
@@ -466,10 +455,7 @@ def dinomaly_from_official_checkpoint(
         )
         raise ValueError(msg)
     architecture = _architecture(config)
-    module_class = Dinomaly
     if is_dinomaly2_config(config):
-        from anomalib_dinomaly.dinomaly2 import Dinomaly2 as module_class
-
         architecture.update(_dinomaly2_module_arguments(config))
     repeated = sorted(set(architecture) & set(module_kwargs))
     if repeated:

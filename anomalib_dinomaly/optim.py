@@ -1,13 +1,16 @@
 """StableAdamW and the warm-up + cosine learning-rate schedule of the official Dinomaly and Dinomaly2 training.
 
-Neither torch nor timm ships StableAdamW (AdamW with per-tensor update clipping by the RMS of
-``grad / denom``), so it is written here.
+The optimizer is anomalib's ``StableAdamW`` (the one its own Dinomaly uses), with the paper's defaults. The
+schedule is ours: anomalib's ``WarmCosineScheduler`` gives every parameter group one absolute schedule
+(``base_value``), where parameter groups with different learning rates each need their own; on the paper's
+10,000 steps the two agree within 1e-15 relative. Dinomaly2's preview differs in the warm-up (``lr * step / warmup``)
+and, on a NaN/Inf gradient, skips only part of a step; both are options here.
 """
 
 from __future__ import annotations
 
-import math
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -21,36 +24,38 @@ DEFAULT_BETAS = (0.9, 0.999)
 DEFAULT_EPS = 1e-10
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_AMSGRAD = True
+DEFAULT_CLIP_THRESHOLD = 1.0
 DEFAULT_WARMUP_STEPS = 100
 DEFAULT_FINAL_LR_RATIO = 0.1
+#: What :class:`StableAdamW` does with a NaN/Inf gradient (see its docstring); anomalib's (official) has no check.
+NONFINITE_GRAD_POLICIES = ("ignore", "skip_step", "preview")
 
 logger = logging.getLogger(__name__)
 
-#: What :class:`StableAdamW` does with a NaN/Inf gradient (see its docstring).
-NONFINITE_GRAD_POLICIES = ("ignore", "skip_step", "preview")
+# Imported after the defaults: importing anomalib.models registers the plugin (see registry.py), whose Lightning
+# module imports the defaults above from this module, which may still be loading.
+from anomalib.models.image.dinomaly.components.optimizer import StableAdamW as _AnomalibStableAdamW  # noqa: E402
 
 
-class StableAdamW(Optimizer):
-    """AdamW whose step is divided by ``max(1, RMS(grad / denom) / clip_threshold)`` per tensor.
+class StableAdamW(_AnomalibStableAdamW):
+    """anomalib's StableAdamW with the official Dinomaly defaults.
 
-    Per parameter, in order: decoupled weight decay ``p *= 1 - lr * wd``; Adam moments (with AMSGrad's
-    running maximum if enabled); ``denom = sqrt(v) / sqrt(1 - b2^t) + eps`` (eps after the bias
-    correction); ``rms = ||g / denom|| / sqrt(numel)`` on the current gradient;
-    ``p -= lr / (1 - b1^t) / max(1, rms / clip_threshold) * m / denom``.
+    AdamW whose step is divided by ``max(1, RMS(grad / denom) / clip_threshold)`` per tensor: decoupled weight
+    decay, Adam moments (AMSGrad's running maximum if enabled), ``denom = sqrt(v) / sqrt(1 - b2^t) + eps``.
 
     Args:
-        params: parameters or parameter groups.
+        params: parameters or parameter groups (each group may set its own ``lr``, ``amsgrad``, ...).
         lr: learning rate (2e-3).
         betas: Adam betas (0.9, 0.999).
         eps: added to the bias-corrected denominator (1e-10 unified, 1e-8 class-separated).
         weight_decay: decoupled weight decay (1e-4).
-        amsgrad: use the running maximum of the second moment (True for Dinomaly, False for Dinomaly2).
+        amsgrad: use the running maximum of the second moment (True).
         clip_threshold: RMS above which the step is scaled down (1.0).
-        nonfinite_grads: what a NaN/Inf gradient does. ``"ignore"`` (Dinomaly's official optimiser): no check,
-            the values enter the moments. ``"skip_step"``: the whole step is skipped, no parameter or state
-            changes, and a warning is logged. ``"preview"``: the Dinomaly2 preview code's partial skip, for
-            parity: parameters before the first non-finite gradient (group, then parameter order) are updated,
-            that one and all later ones are not, so their step counts fall behind.
+        nonfinite_grads: what a NaN/Inf gradient does. ``"ignore"`` (anomalib's and the official Dinomaly
+            optimiser): no check, the values enter the moments. ``"skip_step"``: the whole step is skipped, no
+            parameter or state changes, and a warning is logged. ``"preview"``: the Dinomaly2 preview code's partial
+            skip, for parity: parameters before the first non-finite gradient (group, then parameter order) are
+            updated, that one and all later ones are not, so their step counts fall behind.
     """
 
     def __init__(
@@ -61,84 +66,54 @@ class StableAdamW(Optimizer):
         eps: float = DEFAULT_EPS,
         weight_decay: float = DEFAULT_WEIGHT_DECAY,
         amsgrad: bool = DEFAULT_AMSGRAD,
-        clip_threshold: float = 1.0,
+        clip_threshold: float = DEFAULT_CLIP_THRESHOLD,
         nonfinite_grads: str = "ignore",
     ) -> None:
         if nonfinite_grads not in NONFINITE_GRAD_POLICIES:
             msg = f"nonfinite_grads must be one of {NONFINITE_GRAD_POLICIES}, got {nonfinite_grads!r}."
             raise ValueError(msg)
         self.nonfinite_grads = nonfinite_grads
-        if lr < 0 or eps < 0 or weight_decay < 0 or clip_threshold <= 0:
-            msg = f"Invalid StableAdamW setting: lr={lr}, eps={eps}, weight_decay={weight_decay}, clip={clip_threshold}."
+        if clip_threshold <= 0:
+            msg = f"StableAdamW clip_threshold must be positive, got {clip_threshold}."
             raise ValueError(msg)
-        if not all(0.0 <= beta < 1.0 for beta in betas):
-            msg = f"Adam betas must be in [0, 1), got {betas}."
-            raise ValueError(msg)
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "clip_threshold": clip_threshold,
-        }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            clip_threshold=clip_threshold,
+        )
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One optimisation step over every parameter that has a gradient."""
+        """One step of anomalib's StableAdamW, after the closure (if any), with the ``nonfinite_grads`` policy."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.nonfinite_grads == "skip_step" and not self._gradients_finite():
+        if self.nonfinite_grads == "ignore":
+            super().step()
+            return loss
+        with_grad = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.stack([torch.isfinite(p.grad).all() for p in with_grad]).tolist() if with_grad else []
+        if all(finite):
+            super().step()
+            return loss
+        if self.nonfinite_grads == "skip_step":
             logger.warning("StableAdamW: NaN/Inf in the gradients; skipping this step (no parameter changes).")
             return loss
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if self.nonfinite_grads == "preview" and not bool(torch.isfinite(grad).all()):
-                    logger.warning("StableAdamW: NaN/Inf in a gradient; skipping it and every later parameter.")
-                    return loss
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = state["step"]
-
-                param.mul_(1 - lr * weight_decay)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                second_moment = exp_avg_sq
-                if group["amsgrad"]:
-                    torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-                    second_moment = state["max_exp_avg_sq"]
-
-                bias_correction1 = 1 - beta1**step
-                bias_correction2 = 1 - beta2**step
-                denom = (second_moment.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-                # ||.|| / sqrt(n), as the official code computes it: mean-of-squares rounds differently in float32.
-                rms = (torch.div(grad, denom).norm(2) / math.sqrt(grad.numel())).item()
-                state["last_rms"] = rms
-                scale = max(1.0, rms / group["clip_threshold"])
-                param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1 / scale)
+        logger.warning("StableAdamW: NaN/Inf in a gradient; skipping it and every later parameter (preview).")
+        skipped = with_grad[finite.index(False) :]
+        grads = [p.grad for p in skipped]
+        for param in skipped:  # a parameter without a gradient is left alone, state included
+            param.grad = None
+        try:
+            super().step()
+        finally:
+            for param, grad in zip(skipped, grads, strict=True):
+                param.grad = grad
         return loss
-
-    def _gradients_finite(self) -> bool:
-        """Whether every gradient is free of NaN/Inf (one device synchronisation for all of them)."""
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def warmup_cosine_lr(

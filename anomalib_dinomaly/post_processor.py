@@ -4,8 +4,9 @@ anomalib 2.7's ``F1AdaptiveThreshold`` checks whether the validation set holds n
 samples with ``any(1 in batch for batch in self.target)``. On one device ``self.target`` is a list of
 per-batch tensors and the check is vectorised. Under DDP, torchmetrics synchronises the state before
 ``compute`` and concatenates that list into one flat tensor, so the same expression runs a Python
-loop over every gathered label: one step per pixel for the pixel threshold (about 7 us per element
-on this CPU, a device synchronisation per element on GPU), which stalls validation on real data sets.
+loop over every gathered label: one step per pixel for the pixel threshold (microseconds per element on
+a CPU, see benchmarks/README.md; a device synchronisation per element on GPU), which stalls validation on
+real data sets.
 anomalib issue #3362 reports the built-in Dinomaly failing in this metric on two GPUs; anomalib PR #3569
 ("DDP returns tensor in multi-gpu setting") made ``handle_mac`` accept the tensor state but kept the loop.
 

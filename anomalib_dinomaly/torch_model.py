@@ -239,8 +239,8 @@ class DinomalyModel(nn.Module):
         height, width = self.encoder.patch_grid(images)
         with torch.no_grad():
             encoder_layers = self.encoder(images, self.target_layers)
-        # stack + mean, not a running sum: about 15 % faster in torch eager here (glibc), as freeing the large
-        # stacked buffer raises malloc's mmap threshold, so later activations stop page-faulting.
+        # stack + mean, not a running sum: faster in torch eager (glibc: freeing the large stacked buffer raises
+        # malloc's mmap threshold, so later activations stop page-faulting; figures in benchmarks/README.md).
         x = self.bottleneck(torch.stack([encoder_layers[i] for i in self.fuse_layer_bottleneck], dim=1).mean(dim=1))
         decoder_layers = []
         for block in self.decoder:

@@ -81,10 +81,13 @@ def heatmap_overlay(image_path: Path, anomaly_map, image_size: int, crop_size: i
     import cv2
     import numpy as np
 
+    from anomalib_dinomaly.deploy import Geometry, crop_box
+
     image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    offset = (image_size - crop_size) // 2
-    crop = image[offset : offset + crop_size, offset : offset + crop_size]
+    resized = (image_size, image_size)
+    top, left, bottom, right = (round(v) for v in crop_box(resized, Geometry(resized, (crop_size, crop_size))))
+    crop = image[top:bottom, left:right]
     heat = np.clip(anomaly_map.squeeze(), 0, 1)
     heat = cv2.resize(heat, (crop_size, crop_size), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)

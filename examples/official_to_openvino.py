@@ -52,12 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib.deploy import ExportType, OpenVINOInferencer
     from anomalib.engine import Engine
 
-    from anomalib_dinomaly import dinomaly_from_official_checkpoint
+    from anomalib_dinomaly import Dinomaly
 
     config = json.loads(args.config.read_text()) if args.config else None
-    model = dinomaly_from_official_checkpoint(
-        args.checkpoint, config, image_size=args.image_size, crop_size=args.crop_size
-    )
+    model = Dinomaly.from_official_checkpoint(args.checkpoint, config, image_size=args.image_size, crop_size=args.crop_size)
     output = args.output.resolve()
     datamodule = MVTecAD(root=args.data, category=args.category, eval_batch_size=8, num_workers=0)
     engine = Engine(default_root_dir=output / "runs", logger=False)

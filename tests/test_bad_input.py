@@ -53,6 +53,7 @@ def _truncate(path: Path, keep: float = 0.6) -> None:
     path.write_bytes(content[: int(len(content) * keep)])
 
 
+@pytest.mark.slow
 def test_corrupt_and_truncated_images_are_named_and_the_finished_checkpoint_survives(bottle, tmp_path):
     seed_everything(0)
     _engine(tmp_path / "runs").fit(Dinomaly(**SMALL), datamodule=_datamodule(bottle))
@@ -125,6 +126,7 @@ def test_16_bit_greyscale_is_refused_16_bit_colour_is_read(bottle, tmp_path):
     torch.testing.assert_close(read_image(rgb16_path, as_tensor=True), torch.from_numpy(rgb8).permute(2, 0, 1) / 255.0)
 
 
+@pytest.mark.slow
 def test_rgba_and_palette_images_score_like_their_rgb_pixels(mvtec_root, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -148,6 +150,7 @@ def test_rgba_and_palette_images_score_like_their_rgb_pixels(mvtec_root, tmp_pat
     assert scores["palette"] == scores["palette_as_rgb"]  # palette indices are mapped to their colours
 
 
+@pytest.mark.slow
 def test_images_smaller_than_the_crop_are_upsampled(mvtec_root, tmp_path, caplog):
     data = make_small_bottle(mvtec_root, tmp_path / "data", size=40)
     seed_everything(0)
@@ -174,6 +177,7 @@ def test_nan_and_inf_in_a_tensor_are_refused(bad_value):
         model.model.train()(images[:, :, :98, :98])
 
 
+@pytest.mark.slow
 def test_nan_during_training_stops_and_keeps_the_finished_checkpoint(bottle, tmp_path):
     class PoisonBatch(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: ANN001
@@ -189,6 +193,7 @@ def test_nan_during_training_stops_and_keeps_the_finished_checkpoint(bottle, tmp
     assert all(torch.isfinite(value).all() for value in state["state_dict"].values() if value.is_floating_point())
 
 
+@pytest.mark.slow
 def test_crash_while_saving_keeps_the_previous_checkpoint(bottle, tmp_path):
     class CrashInSecondSave(Callback):
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):  # noqa: ANN001

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,31 @@ def run(args, cwd, env=None, timeout=300):
 
 
 def test_hook_is_cheap_at_interpreter_start():
-    code = "import sys, time; t = time.perf_counter(); import anomalib_dinomaly._hook; print(time.perf_counter() - t, 'torch' in sys.modules)"
-    seconds, torch_loaded = run([sys.executable, "-c", code], cwd=REPO).split()
-    assert torch_loaded == "False" and float(seconds) < 0.05
+    """The .pth hook imports nothing heavy at interpreter start (its cost is measured in no test: machines vary)."""
+    code = (
+        "import sys; import anomalib_dinomaly._hook; "
+        "print(*sorted(m for m in ('torch', 'anomalib', 'lightning', 'timm', 'numpy') if m in sys.modules))"
+    )
+    assert run([sys.executable, "-c", code], cwd=REPO).split() == []
+
+
+def test_plugin_registers_whichever_module_first_imports_anomalib_models():
+    """Importing anomalib.models registers the plugin by importing its Lightning module: no circular import."""
+    firsts = [
+        "import anomalib_dinomaly.optim",  # imports anomalib.models while optim is still loading
+        "from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator; AnomalyMapGenerator()",  # imports it lazily
+    ]
+    processes = [
+        subprocess.Popen(  # in parallel: each pays anomalib's import time
+            [sys.executable, "-W", "ignore", "-c", f"{first}; from anomalib.models import Dinomaly; print(Dinomaly.__module__)"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for first in firsts
+    ]
+    for first, process in zip(firsts, processes, strict=True):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{first}\n{err[-3000:]}"
+        assert out.split()[-1] == "anomalib_dinomaly.lightning_model", first
 
 
 def test_get_model_returns_plugin():
@@ -43,6 +64,7 @@ def test_get_model_returns_plugin():
                                                                    "depth": 10, "num_heads": 2}})) is Dinomaly
 
 
+@pytest.mark.slow
 def test_print_config_shows_plugin_and_switch_restores_builtin(tmp_path):
     out = run([ANOMALIB, "train", "--model", "Dinomaly", "--data", "MVTecAD", "--print_config"], cwd=tmp_path)
     assert "class_path: anomalib_dinomaly.Dinomaly" in out
@@ -98,10 +120,8 @@ def test_cli_train_on_greyscale_folder(tmp_path, magnetic_tile_root):
 
 @pytest.mark.slow
 def test_config_file_trains(tmp_path, mvtec_root):
-    started = time.time()
     out = run([ANOMALIB, "train", "--config", str(REPO / "configs" / "dinomaly.yaml"), *TINY_ARGS,
                "--data.root", str(mvtec_root), "--data.num_workers", "0", "--data.train_batch_size", "4",
                "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--default_root_dir", "results"],
               cwd=tmp_path)  # fmt: skip
     assert "max_steps=2" in out and "image_AUROC" in out
-    assert time.time() - started < 300

@@ -5,45 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-
-# Resolves each config's model class the way anomalib's CLI and anomalib_dinomaly.separated parse it
-# (jsonargparse subclass arguments of AnomalibModule), without building the model.
-RESOLVE = """
-import importlib, sys
-import yaml
-from jsonargparse import ArgumentParser
-from anomalib.models import AnomalibModule
-
-parser = ArgumentParser()
-parser.add_subclass_arguments(AnomalibModule, "model", required=True, fail_untyped=False)
-for path in sys.argv[1:]:
-    with open(path) as file:
-        model = yaml.safe_load(file)["model"]
-    class_path = parser.parse_object({"model": model}).model.class_path
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    print(path, f"{cls.__module__}.{cls.__qualname__}")
-"""
-
-
-def _resolved_classes(override: str) -> dict[str, str]:
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", RESOLVE, *map(str, CONFIGS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "ANOMALIB_DINOMALY_OVERRIDE": override},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(line.split() for line in result.stdout.splitlines() if line.strip())
-
-
 #: The model each config trains, by file name: ``dinomaly2_*`` Dinomaly2, the others Dinomaly.
 PLUGIN_CLASSES = {
     "Dinomaly": "anomalib_dinomaly.lightning_model.Dinomaly",
@@ -51,8 +19,27 @@ PLUGIN_CLASSES = {
 }
 
 
-def _model_name(path) -> str:  # noqa: ANN001
+def _model_name(path: Path) -> str:
     return "Dinomaly2" if path.name.startswith("dinomaly2") else "Dinomaly"
+
+
+def resolved_model_classes(paths: list[Path]) -> dict[str, str]:
+    """Each config's model class (``module.qualname``) as anomalib's CLI and ``anomalib_dinomaly.separated`` resolve
+    it (jsonargparse subclass arguments of ``AnomalibModule``), without building the model."""
+    import importlib
+
+    from anomalib.models import AnomalibModule
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(AnomalibModule, "model", required=True, fail_untyped=False)
+    classes = {}
+    for path in paths:
+        model = yaml.safe_load(Path(path).read_text())["model"]
+        module, _, name = parser.parse_object({"model": model}).model.class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        classes[str(path)] = f"{cls.__module__}.{cls.__qualname__}"
+    return classes
 
 
 def test_every_config_names_the_plugin_class():
@@ -64,7 +51,22 @@ def test_every_config_names_the_plugin_class():
 
 
 def test_override_switch_never_changes_the_model_a_config_trains():
-    with_override, without_override = _resolved_classes("1"), _resolved_classes("0")
+    assert os.environ.get("ANOMALIB_DINOMALY_OVERRIDE", "1") != "0", "run the suite with the override on"
+    with_override = resolved_model_classes(CONFIGS)
+    code = (
+        "import sys; from tests.test_configs import resolved_model_classes; "
+        "print(*(f'{path} {cls}' for path, cls in resolved_model_classes(sys.argv[1:]).items()), sep='\\n')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, *map(str, CONFIGS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ANOMALIB_DINOMALY_OVERRIDE": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    without_override = dict(line.split() for line in result.stdout.splitlines() if line.strip())
     assert set(with_override) == set(without_override) == {str(path) for path in CONFIGS}
     for path in CONFIGS:
         plugin = PLUGIN_CLASSES[_model_name(path)]

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file
 
-from anomalib_dinomaly.anomaly_map import gaussian_kernel
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_fraction
 from anomalib_dinomaly.official import COMPRESSED_BOTTLENECK_KEYS, from_official_checkpoint
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR, trainable_parameter_groups, warmup_cosine_lr
 from anomalib_dinomaly.torch_model import fuse_groups
@@ -144,8 +143,8 @@ def test_anomaly_maps_and_scores(golden):
     model = _model(golden)
     size = tuple(golden["images"].shape[-2:])
     image1_key = f"anomaly_map_{size[0]}_image1"
-    torch.testing.assert_close(gaussian_kernel(5, 4.0), ev["gaussian_kernel"], atol=1e-7, rtol=0)
     generator = model.anomaly_map_generator
+    torch.testing.assert_close(generator.blur.kernel, ev["gaussian_kernel"], atol=1e-7, rtol=0)
     torch.testing.assert_close(generator.smooth(ev["anomaly_map_256"]), ev["anomaly_map_256_smoothed"], atol=1e-5, rtol=0)
     with torch.no_grad():
         en, de = model.encode_decode(golden["images"])
@@ -202,15 +201,13 @@ def test_hard_mining_internals(golden):
     model = _model(golden)
     with torch.no_grad():
         en, de = model.encode_decode(golden["images"])
-    for group in range(_groups(golden["config"])):
-        point_dist = 1 - F.cosine_similarity(en[group], de[group], dim=1).unsqueeze(1)
-        torch.testing.assert_close(point_dist, tr[f"point_dist_{group}"], atol=1e-5, rtol=0)
-        k = int(point_dist.numel() * (1 - 0.9))
-        assert k == golden["inputs"]["reference_values"]["mining_k_p09"][str(group)]
-        threshold = torch.topk(point_dist.reshape(-1), k).values[-1]
-        torch.testing.assert_close(threshold, tr[f"mining_thresh_p09_{group}"], atol=1e-5, rtol=0)
-        assert torch.equal((point_dist < threshold).float(), tr[f"mining_downweighted_p09_{group}"])
     del fwd
+    for group in range(_groups(golden["config"])):
+        mining = GlobalCosineHardMiningLoss.hard_mining_threshold(en[group], de[group], p=0.9)
+        torch.testing.assert_close(mining.point_distance, tr[f"point_dist_{group}"], atol=1e-5, rtol=0)
+        assert mining.k == golden["inputs"]["reference_values"]["mining_k_p09"][str(group)]
+        torch.testing.assert_close(mining.threshold, tr[f"mining_thresh_p09_{group}"], atol=1e-5, rtol=0)
+        assert torch.equal((mining.point_distance < mining.threshold).float(), tr[f"mining_downweighted_p09_{group}"])
 
 
 def _dinomaly2_optimizer(model, config, nonfinite_grads: str = "skip_step") -> StableAdamW:
@@ -257,7 +254,22 @@ def test_parameter_groups_and_first_scheduled_lr(golden):
     assert lrs == inputs["reference_values"]["lr_at_first_iteration_in_script"]
 
 
-def _clipped_golden_step(golden, use_golden_grads: bool):
+def _record_rms(monkeypatch) -> list[float]:
+    """The per-tensor RMS(grad / denom) values StableAdamW computes, in the order it computes them."""
+    values: list[float] = []
+    rms = StableAdamW._rms
+
+    def record(tensor: torch.Tensor) -> torch.Tensor:
+        value = rms(tensor)
+        values.append(float(value))
+        return value
+
+    monkeypatch.setattr(StableAdamW, "_rms", staticmethod(record))
+    return values
+
+
+def _clipped_golden_step(golden, use_golden_grads: bool, monkeypatch):
+    """One StableAdamW step as the golden one; returns the parameters and the RMS of each one that stepped."""
     config, tr = golden["config"], golden["train"]
     max_norm = config["clip_grad_norm_max_norm"]
     if use_golden_grads:
@@ -275,26 +287,28 @@ def _clipped_golden_step(golden, use_golden_grads: bool):
     optimizer = _dinomaly2_optimizer(model, config)
     for group, lr in zip(optimizer.param_groups, golden["inputs"]["reference_values"]["group_lrs_used_for_golden_step"], strict=True):
         group["lr"] = lr
+    stepped = [name for name, param in params.items() if param.grad is not None]
+    values = _record_rms(monkeypatch)
     optimizer.step()
-    return params, optimizer
+    return params, dict(zip(stepped, values, strict=True))
 
 
-def test_one_optimizer_step_from_golden_gradients(golden):
+def test_one_optimizer_step_from_golden_gradients(golden, monkeypatch):
     tr = golden["train"]
-    params, optimizer = _clipped_golden_step(golden, use_golden_grads=True)
+    params, rms = _clipped_golden_step(golden, True, monkeypatch)
     for name, param in params.items():
         if f"param_after_step.{name}" in tr:
             torch.testing.assert_close(param.detach(), tr[f"param_after_step.{name}"], atol=1e-6, rtol=0, msg=name)
-            assert abs(optimizer.state[param]["last_rms"] - tr[f"stableadamw_rms.{name}"].item()) < 1e-6, name
+            assert abs(rms[name] - tr[f"stableadamw_rms.{name}"].item()) < 1e-6, name
 
 
-def test_one_optimizer_step_end_to_end(golden):
+def test_one_optimizer_step_end_to_end(golden, monkeypatch):
     tr, sample_indices = golden["train"], golden["inputs"]["sample_indices"]
-    params, optimizer = _clipped_golden_step(golden, use_golden_grads=False)
+    params, rms = _clipped_golden_step(golden, False, monkeypatch)
     for name, param in params.items():
         sample = param.detach().flatten()[sample_indices[name]]
         torch.testing.assert_close(sample, tr[f"param_after_step_sample.{name}"], atol=1e-4, rtol=0, msg=name)
-        assert abs(optimizer.state[param]["last_rms"] - tr[f"stableadamw_rms.{name}"].item()) < 1e-3, name
+        assert abs(rms[name] - tr[f"stableadamw_rms.{name}"].item()) < 1e-3, name
 
 
 def test_lr_tables_and_mining_schedule(golden_a):
@@ -320,7 +334,7 @@ def test_lr_tables_and_mining_schedule(golden_a):
             torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), table[it], rtol=1e-12, atol=0)
             optimizer.step()
             scheduler.step()
-    p_table = torch.tensor([hard_mining_percent(it) for it in range(total)], dtype=torch.float64)
+    p_table = torch.tensor([hard_mining_fraction(it) for it in range(total)], dtype=torch.float64)
     assert torch.equal(p_table, tr["p_table"])
 
 
@@ -341,10 +355,14 @@ def _run_adamw_sequence(tr, plan, nonfinite_grads: str):
         yield step, params, optimizer, before
 
 
-def test_stableadamw_sequence_preview_partial_skip(golden_a):
+def test_stableadamw_sequence_preview_partial_skip(golden_a, monkeypatch):
     """``nonfinite_grads="preview"`` reproduces the preview's partial skip of a NaN/Inf step, state for state."""
     tr, plan = golden_a["train"], golden_a["inputs"]["adamw_seq_plan"]
+    recorded = _record_rms(monkeypatch)
     for step, params, optimizer, before in _run_adamw_sequence(tr, plan, "preview"):
+        reached = [i for i in range(len(params)) if not math.isnan(tr["adamw_seq.rms"][step, i].item())]
+        step_rms = dict(zip(reached, recorded, strict=True))
+        recorded.clear()
         for i, param in enumerate(params):
             state = optimizer.state[param]
             torch.testing.assert_close(param.detach(), tr[f"adamw_seq.step{step}.param.{i}"], atol=1e-6, rtol=0)
@@ -353,9 +371,9 @@ def test_stableadamw_sequence_preview_partial_skip(golden_a):
             assert state["step"] == tr["adamw_seq.state_step"][step, i].item()
             reference = tr["adamw_seq.rms"][step, i].item()
             if math.isnan(reference):
-                assert state["step"] == before[i][1], f"step {step} param {i} should not have been reached"
+                assert state.get("step", 0) == before[i][1], f"step {step} param {i} should not have been reached"
             else:
-                assert abs(state["last_rms"] - reference) <= 1e-4 * abs(reference) + 1e-12
+                assert abs(step_rms[i] - reference) <= 1e-4 * abs(reference) + 1e-12
 
 
 def test_stableadamw_sequence_whole_step_skip(golden_a):
@@ -485,12 +503,11 @@ def test_other_configurations_build_from_their_config(name):
 
 
 def test_preview_checkpoint_to_the_anomalib_module(golden):
-    """``dinomaly_from_official_checkpoint`` gives a Dinomaly2 module whose network is the preview model's."""
+    """``Dinomaly2.from_official_checkpoint`` gives a module whose network is the preview model's."""
     from anomalib_dinomaly import Dinomaly2
-    from anomalib_dinomaly.official import dinomaly_from_official_checkpoint
 
     size = golden["images"].shape[-1]
-    module = dinomaly_from_official_checkpoint(golden["state_dict"], golden["config"], image_size=size, crop_size=size)
+    module = Dinomaly2.from_official_checkpoint(golden["state_dict"], golden["config"], image_size=size, crop_size=size)
     assert type(module) is Dinomaly2 and not module.training
     assert module.model.encoder.patch_size == golden["config"]["patch_size"]
     with torch.no_grad():

@@ -31,7 +31,7 @@ from tests.conftest import TINY_ENCODER
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, CROP_SIZE = 112, 98
 STATIC = (IMAGE_SIZE, IMAGE_SIZE)
-FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # this CPU would otherwise run bf16 (see NOTES.md)
+FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # CPUs with AVX-512 BF16 would otherwise run bf16 (README, Deployment)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def _max_abs(reference, exported) -> tuple[float, float]:
 
 # (export type, compression, static input size, inferencer config, check): FP32 is checked for parity,
 # the others for correlation with the torch FP32 maps (threshold). Dynamic ONNX FP32 and static INT8
-# post-training quantisation (through the CLI) have their own tests below; each export costs 10-30 s here.
+# post-training quantisation (through the CLI) have their own tests below. FP32 parity lives here only: the static
+# OpenVINO IR in EXPORTS, the dynamic input (any size, batch, non-square greyscale) in the ONNX test below.
 EXPORTS = [
     pytest.param(ExportType.TORCH, None, None, None, "parity", id="torch"),
     pytest.param(ExportType.OPENVINO, None, STATIC, FP32, "parity", id="openvino-fp32-static"),

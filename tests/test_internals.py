@@ -30,7 +30,7 @@ def _parameters(function) -> list[str]:  # noqa: ANN001
 def test_anomalib_export_quantization_hook():
     from anomalib.models.components.base.export_mixin import ExportMixin
 
-    internal, user = "ExportMixin._post_training_quantization_ov(model, datamodule)", "anomalib_dinomaly/deploy.py"
+    internal, user = "ExportMixin._post_training_quantization_ov(model, datamodule)", "anomalib_dinomaly/export.py"
     hook = getattr(ExportMixin, "_post_training_quantization_ov", None)
     assert hook is not None, _changed("anomalib", internal, user, "the method is gone")
     assert _parameters(hook) == ["model", "datamodule"], _changed(

@@ -7,7 +7,7 @@ import torch
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.layers import LinearAttention
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_fraction
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 from tests.conftest import TINY_MODEL
 
@@ -61,7 +61,7 @@ def _train_on_constant_images(steps: int, value: float, dtype: torch.dtype | Non
     for step in range(steps):
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             encoder_groups, decoder_groups = model(images)
-            loss = loss_fn(encoder_groups, decoder_groups, p=hard_mining_percent(step, 0.9, steps // 2))
+            loss = loss_fn(encoder_groups, decoder_groups, p=hard_mining_fraction(step, 0.9, steps // 2))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)
@@ -71,6 +71,7 @@ def _train_on_constant_images(steps: int, value: float, dtype: torch.dtype | Non
     return losses, module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("value", "dtype", "steps"), [(0.0, None, 200), (0.0, torch.bfloat16, 100), (1.0, torch.float16, 100)])
 def test_long_run_on_constant_images_stays_finite(value, dtype, steps):
     losses, module = _train_on_constant_images(steps, value, dtype)
@@ -85,6 +86,7 @@ def test_long_run_on_constant_images_stays_finite(value, dtype, steps):
     assert torch.isfinite(prediction.anomaly_map).all()
 
 
+@pytest.mark.slow
 def test_bf16_mixed_training_through_the_engine(mvtec_root, tmp_path):
     # Lightning turns "16-mixed" into "bf16-mixed" on CPU; float16 autocast is covered by the loop above.
     precision = "bf16-mixed"

@@ -13,12 +13,11 @@ from anomalib.data.utils import read_image
 from safetensors.torch import load_file
 
 from anomalib_dinomaly import Dinomaly
-from anomalib_dinomaly.official import dinomaly_from_official_checkpoint, from_official_checkpoint
+from anomalib_dinomaly.official import from_official_checkpoint
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_official_checkpoint_to_plugin_checkpoint_and_openvino(golden_dir, mvtec_root, tmp_path, monkeypatch):
     script = str(REPO / "examples" / "official_to_openvino.py")
     arguments = ["--checkpoint", str(golden_dir / "state_dict.safetensors"), "--config", str(golden_dir / "config.json"),
@@ -48,6 +47,6 @@ def test_official_checkpoint_to_plugin_checkpoint_and_openvino(golden_dir, mvtec
 def test_architecture_keys_come_from_the_official_config_only(golden_dir):
     config = json.loads((golden_dir / "config.json").read_text())
     with pytest.raises(ValueError, match="decoder_depth"):
-        dinomaly_from_official_checkpoint(golden_dir / "state_dict.safetensors", config, decoder_depth=4)
+        Dinomaly.from_official_checkpoint(golden_dir / "state_dict.safetensors", config, decoder_depth=4)
     with pytest.raises(ValueError, match="pos_grid 16"):
-        dinomaly_from_official_checkpoint(golden_dir / "state_dict.safetensors", {**config, "pos_grid": 16})
+        Dinomaly.from_official_checkpoint(golden_dir / "state_dict.safetensors", {**config, "pos_grid": 16})

@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anomalib_dinomaly.anomaly_map import gaussian_kernel
-from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
+from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_fraction
 from anomalib_dinomaly.official import from_official_checkpoint
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
 
@@ -57,8 +56,8 @@ def test_pos_embed_interpolation(model, golden):
 
 def test_evaluation_path(model, golden):
     ev, fwd = golden["eval"], golden["forward"]
-    torch.testing.assert_close(gaussian_kernel(5, 4.0), ev["gaussian_kernel"], atol=1e-7, rtol=0)
     generator = model.anomaly_map_generator
+    torch.testing.assert_close(generator.blur.kernel, ev["gaussian_kernel"], atol=1e-7, rtol=0)
     from_golden = generator.compute([fwd["en_0"], fwd["en_1"]], [fwd["de_0"], fwd["de_1"]], (392, 392))
     torch.testing.assert_close(from_golden.per_group, ev["per_group_map_28"], atol=1e-5, rtol=0)
     torch.testing.assert_close(from_golden.input_map, ev["anomaly_map_392"], atol=1e-5, rtol=0)
@@ -100,16 +99,11 @@ def test_loss_and_gradients(golden):
 
 def test_hard_mining_threshold(golden):
     tr, fwd = golden["train"], golden["forward"]
-    import torch.nn.functional as F  # noqa: N812
-
     for group in range(2):
-        en, de = fwd[f"en_{group}"], fwd[f"de_{group}"]
-        point_dist = 1 - F.cosine_similarity(en, de, dim=1).unsqueeze(1)
-        torch.testing.assert_close(point_dist, tr[f"point_dist_{group}"], atol=1e-5, rtol=0)
-        k = int(point_dist.numel() * (1 - 0.9))
-        assert k == golden["inputs"]["reference_values"]["mining_k_p09"][str(group)]
-        threshold = torch.topk(point_dist.reshape(-1), k).values[-1]
-        torch.testing.assert_close(threshold, tr[f"mining_thresh_p09_{group}"], atol=1e-5, rtol=0)
+        mining = GlobalCosineHardMiningLoss.hard_mining_threshold(fwd[f"en_{group}"], fwd[f"de_{group}"], p=0.9)
+        torch.testing.assert_close(mining.point_distance, tr[f"point_dist_{group}"], atol=1e-5, rtol=0)
+        assert mining.k == golden["inputs"]["reference_values"]["mining_k_p09"][str(group)]
+        torch.testing.assert_close(mining.threshold, tr[f"mining_thresh_p09_{group}"], atol=1e-5, rtol=0)
 
 
 def test_one_optimizer_step_on_golden_gradients(golden):
@@ -124,12 +118,12 @@ def test_one_optimizer_step_on_golden_gradients(golden):
     optimizer.step()
     for name in names:
         torch.testing.assert_close(params[name].detach(), tr[f"param_after_step.{name}"], atol=1e-6, rtol=0)
-        rms = optimizer.state[params[name]]["last_rms"]
-        assert abs(rms - tr[f"stableadamw_rms.{name}"].item()) < 1e-3
 
 
 def test_stableadamw_sequence(golden):
+    """Six steps at the golden learning rates; the update RMS reaches 2.2, so the stable clipping acts."""
     tr = golden["train"]
+    assert tr["adamw_seq.rms"].max() > 1.5
     params = [torch.nn.Parameter(tr[f"adamw_seq.init.{i}"].clone()) for i in range(4)]
     optimizer = StableAdamW(params, lr=2e-3, betas=(0.9, 0.999), eps=1e-10, weight_decay=1e-4)
     for step in range(6):
@@ -139,9 +133,6 @@ def test_stableadamw_sequence(golden):
         optimizer.step()
         for i, param in enumerate(params):
             torch.testing.assert_close(param.detach(), tr[f"adamw_seq.step{step}.param.{i}"], atol=1e-6, rtol=0)
-            rms = optimizer.state[param]["last_rms"]
-            reference = tr["adamw_seq.rms"][step, i].item()
-            assert abs(rms - reference) <= 1e-4 * abs(reference) + 1e-12
 
 
 def test_lr_and_mining_schedules(golden):
@@ -155,7 +146,7 @@ def test_lr_and_mining_schedules(golden):
         optimizer.step()
         scheduler.step()
     torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), tr["lr_per_iter_f64"], rtol=1e-12, atol=0)
-    mining = torch.tensor([hard_mining_percent(it) for it in range(10_000)], dtype=torch.float64)
+    mining = torch.tensor([hard_mining_fraction(it) for it in range(10_000)], dtype=torch.float64)
     assert torch.equal(mining, tr["p_per_iter_f64"])
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, seed_everything
 from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly
-from anomalib_dinomaly.loss import hard_mining_percent
+from anomalib_dinomaly.loss import hard_mining_fraction
 from anomalib_dinomaly.optim import warmup_cosine_lr
 from tests.conftest import TINY_MODEL
 
@@ -26,7 +26,7 @@ class Crash(RuntimeError):
 
 
 class ScheduleRecorder(Callback):
-    """Records, before each optimizer step, the step index, the learning rate and the hard-mining percent."""
+    """Records, before each optimizer step, the step index, the learning rate and the hard-mining fraction."""
 
     def __init__(self, crash_at: int | None = None) -> None:
         self.crash_at = crash_at
@@ -37,7 +37,7 @@ class ScheduleRecorder(Callback):
         if step == self.crash_at:
             raise Crash(f"simulated crash before step {step}")
         hparams = pl_module.hparams
-        p = hard_mining_percent(step, hparams.hard_mining_percent, hparams.hard_mining_ramp_steps)
+        p = hard_mining_fraction(step, hparams.hard_mining_percent, hparams.hard_mining_ramp_steps)
         self.steps.append((step, trainer.optimizers[0].param_groups[0]["lr"], p))
 
 
@@ -84,7 +84,7 @@ def uninterrupted(data, tmp_path_factory):
 def test_resume_continues_schedules_and_ends_with_the_same_weights(data, uninterrupted, tmp_path):
     reference, _, reference_steps = uninterrupted
     expected = [
-        (step, warmup_cosine_lr(step, 2e-3, 2e-4, STEPS, warmup_steps=2), hard_mining_percent(step, 0.9, 4))
+        (step, warmup_cosine_lr(step, 2e-3, 2e-4, STEPS, warmup_steps=2), hard_mining_fraction(step, 0.9, 4))
         for step in range(STEPS)
     ]
     assert [s for s, _, _ in reference_steps.steps] == list(range(STEPS))
@@ -102,7 +102,7 @@ def test_resume_continues_schedules_and_ends_with_the_same_weights(data, uninter
 
     resumed_steps = ScheduleRecorder()
     resumed, _ = _fit(data, tmp_path / "resumed", resumed_steps, ckpt_path=checkpoints[0])
-    # The resumed run starts at the checkpoint's step with that step's learning rate and mining percent.
+    # The resumed run starts at the checkpoint's step with that step's learning rate and mining fraction.
     assert resumed_steps.steps == reference_steps.steps[CRASH_AT - 1 :]
     final, resumed_final = _trainable(reference), _trainable(resumed)
     for name, value in final.items():

@@ -75,6 +75,7 @@ def test_lightning_checkpoints_refuse_code(malicious, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_our_checkpoints_load_with_weights_only_and_reproduce_the_model(trained):
     checkpoint, model, data = trained
     # Plain torch, no allow-list: everything Dinomaly stores (hyper-parameters, RNG state,

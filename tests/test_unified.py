@@ -1,5 +1,5 @@
 """One model for a colour (MVTec-AD bottle) and a greyscale (magnetic tile) product: train, test per category,
-compare with single-category evaluation, per-category thresholds, OpenVINO export, CLI and class-separated runs."""
+compare with single-category evaluation, per-category thresholds, CLI and class-separated runs."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from anomalib.data import MVTecAD
-from anomalib.data.utils import read_image
-from anomalib.deploy import ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
 
 from anomalib_dinomaly import Dinomaly
@@ -101,7 +98,9 @@ def test_rows_equal_a_single_category_evaluation_of_the_same_model(unified, mvte
         assert single.rows[name] == pytest.approx(unified.table.rows[name], abs=1e-6)
 
 
-def test_per_category_thresholds_and_exported_openvino_model(unified, monkeypatch, mvtec_root, magnetic_tile_root):
+def test_per_category_thresholds_label_post_processed_outputs(unified, mvtec_root, magnetic_tile_root):
+    """The file's normalised thresholds label the post-processed outputs, which exported models reproduce
+    (FP32 parity: test_export.py), so the file applies to an exported model unchanged."""
     thresholds = json.loads((unified.results_dir / "category_thresholds.json").read_text())
     for level in ("image", "pixel"):
         assert set(thresholds["raw"][level]) == set(thresholds["normalized"][level]) == set(CATEGORIES)
@@ -118,21 +117,6 @@ def test_per_category_thresholds_and_exported_openvino_model(unified, monkeypatc
             assert bool(batch.pred_label) == (score > normalized[category]), batch.image_path
         clear = (batch.anomaly_map - pixel[category]).abs() > 1e-5
         assert torch.equal(batch.pred_mask[clear], (batch.anomaly_map > pixel[category])[clear])
-
-    # The exported model (global post-processing baked in) gives the torch model's scores and maps, so the
-    # per-category thresholds file applies to its output unchanged.
-    path = unified.engine.export(model=unified.model, export_type=ExportType.OPENVINO, export_root=unified.root / "ov")
-    monkeypatch.chdir(unified.root)  # the inferencer writes ./openvino_cache
-    inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
-    unified.model.eval()
-    for batch in predictions[::3]:  # both categories, greyscale non-square images included
-        (image_path,) = batch.image_path
-        with torch.no_grad():
-            reference = unified.model(read_image(image_path, as_tensor=True).unsqueeze(0))
-        exported = inferencer.predict(image_path)
-        assert np.abs(exported.pred_score.squeeze() - reference.pred_score.numpy().squeeze()).max() <= 1e-4
-        assert np.abs(exported.anomaly_map.squeeze() - reference.anomaly_map.numpy().squeeze()).max() <= 1e-4
-
 
 def write_config(path: Path, mvtec_root: Path, magnetic_tile_root: Path) -> Path:
     config = {

@@ -29,8 +29,9 @@ __all__ = ["CategoryEvaluator", "DEFAULT_CATEGORY"]
 
 logger = logging.getLogger(__name__)
 
-#: Category of samples when neither the batch nor the datamodule names one.
-DEFAULT_CATEGORY = "all"
+#: Category of samples when neither the batch nor the datamodule names one (``"all"`` means every category
+#: in :class:`~anomalib_dinomaly.data.MultiClass`, so it is not used here).
+DEFAULT_CATEGORY = "unnamed"
 
 
 def default_category(trainer: Trainer) -> str:
