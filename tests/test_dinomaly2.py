@@ -178,4 +178,10 @@ def test_engine_fit_with_a_dinov3_encoder(tmp_path, mvtec_root, magnetic_tile_ro
     results = engine.test(model=model, datamodule=data)[0]
     assert 0.0 <= results["image_AUROC"] <= 1.0
     assert "Dinomaly2Plugin" in str(engine.trainer.default_root_dir)
+    checkpoint = next(Path(engine.trainer.default_root_dir).rglob("*.ckpt"))
+    reloaded = Dinomaly2.load_from_checkpoint(checkpoint).eval()
+    assert reloaded.hparams.encoder_name == "dinov3_vit_small_16" and not reloaded.hparams.pretrained
+    images = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(images).pred_score, model.eval().model(images).pred_score, atol=0, rtol=0)
 
