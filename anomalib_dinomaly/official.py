@@ -309,12 +309,13 @@ def _load_official_weights(
         state_dict, config["num_register_tokens"], config["target_layers"][-1], _bottleneck_keys(config), family
     )
     if family == "dinov3":
-        encoder_state = {k.removeprefix("encoder."): converted.pop(k) for k in list(converted) if k.startswith("encoder.")}
+        encoder_keys = [key for key in converted if key.startswith("encoder.")]
+        encoder_state = {key.removeprefix("encoder."): converted.pop(key) for key in encoder_keys}
         model.encoder.load_pretrained(encoder_state, source="the official checkpoint")
         missing, unexpected = model.load_state_dict(converted, strict=False)
         missing = [key for key in missing if not key.startswith("encoder.")]
         if missing or unexpected:
-            msg = f"The official checkpoint does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}."
+            msg = f"The official checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}."
             raise KeyError(msg)
         return
     model.load_state_dict(converted, strict=True)
@@ -427,7 +428,10 @@ def _dinomaly2_module_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
         if value != supported
     }
     if problems:
-        msg = f"The anomalib module builds 4 x D MLPs and the encoder's heads; the config has {problems}. Use from_official_checkpoint."
+        msg = (
+            f"The anomalib module builds 4 x D MLPs and the encoder's heads; the config has {problems}. "
+            "Use anomalib_dinomaly.official.from_official_checkpoint for the torch model."
+        )
         raise ValueError(msg)
     return arguments
 

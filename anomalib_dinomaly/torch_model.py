@@ -184,10 +184,8 @@ class DinomalyModel(nn.Module):
                 f"{len(self.fuse_layer_decoder)}; each encoder group needs one decoder group."
             )
             raise ValueError(msg)
-        all_layers = list(range(len(target_layers)))
-        self.fuse_layer_bottleneck = validate_groups(
-            [all_layers if fuse_layer_bottleneck is None else fuse_layer_bottleneck], len(target_layers), "fuse_layer_bottleneck"
-        )[0]
+        bottleneck_layers = list(range(len(target_layers))) if fuse_layer_bottleneck is None else fuse_layer_bottleneck
+        self.fuse_layer_bottleneck = validate_groups([bottleneck_layers], len(target_layers), "fuse_layer_bottleneck")[0]
         self.target_layers = target_layers
 
         encoder.keep_blocks(target_layers[-1] + 1)
@@ -253,7 +251,8 @@ class DinomalyModel(nn.Module):
         def to_maps(patches: list[torch.Tensor]) -> list[torch.Tensor]:
             return [g.transpose(1, 2).reshape(g.shape[0], -1, height, width) for g in patches]
 
-        encoder_groups = [self.encoder_group_head(g, prefix) for g in fuse_groups(encoder_layers, self.fuse_layer_encoder)]
+        encoder_groups = fuse_groups(encoder_layers, self.fuse_layer_encoder)
+        encoder_groups = [self.encoder_group_head(group, prefix) for group in encoder_groups]
         decoder_groups = [g[:, prefix:] for g in fuse_groups(decoder_layers, self.fuse_layer_decoder)]
         return to_maps(encoder_groups), to_maps(decoder_groups)
 
