@@ -25,7 +25,6 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_dinomaly.anomaly_map import DEFAULT_EVAL_SIZE, DEFAULT_TOP_RATIO, AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
-from anomalib_dinomaly.export import DinomalyExportMixin
 from anomalib_dinomaly.encoder import (
     DEFAULT_CROP_SIZE,
     DEFAULT_ENCODER,
@@ -35,6 +34,7 @@ from anomalib_dinomaly.encoder import (
     resolve_variant,
 )
 from anomalib_dinomaly.encoder_dinov3 import is_dinov3_name, resolve_dinov3_variant
+from anomalib_dinomaly.export import DinomalyExportMixin
 from anomalib_dinomaly.layers import (
     ATTENTION_EPS,
     COMPRESSED_DIM,

@@ -34,6 +34,8 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def parse_args() -> argparse.Namespace:
+    from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_IMAGE_SIZE  # here: it imports torch
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mvtec_ad"), help="MVTec-layout root")
     parser.add_argument("--category", default="bottle")
@@ -42,8 +44,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder-weights", type=Path, default=None, help="local DINOv2 weights file")
     parser.add_argument("--steps", type=int, default=20, help="training steps (the paper: 5,000 per category)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--crop-size", type=int, default=392)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE)
     return parser.parse_args()
 
 

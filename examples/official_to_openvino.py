@@ -24,14 +24,16 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_IMAGE_SIZE  # here: it imports torch
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="official state dict (.pth / .safetensors)")
     parser.add_argument("--config", type=Path, default=None, help="JSON with the official architecture keys")
     parser.add_argument("--data", type=Path, required=True, help="MVTec-layout root for the thresholds")
     parser.add_argument("--category", required=True)
     parser.add_argument("--output", type=Path, default=Path("results/official"))
-    parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--crop-size", type=int, default=392)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE)
     return parser.parse_args(argv)
 
 

@@ -35,6 +35,7 @@ def test_hook_is_cheap_at_interpreter_start():
     assert run([sys.executable, "-c", code], cwd=REPO).split() == []
 
 
+@pytest.mark.slow  # two fresh interpreters importing anomalib
 def test_plugin_registers_whichever_module_first_imports_anomalib_models():
     """Importing anomalib.models registers the plugin by importing its Lightning module: no circular import."""
     firsts = [

@@ -116,6 +116,9 @@ def test_lightning_attaches_module_before_filling_in_unset_max_epochs():
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     module = RecordLimitsAtAttach()
+    assert getattr(module, "_trainer", "missing") is None, _changed(
+        "lightning", "LightningModule._trainer (None until attached)", "Dinomaly.on_load_checkpoint", "it is not None"
+    )
     trainer = Trainer(
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         accelerator="cpu", limit_val_batches=0,
