@@ -11,6 +11,7 @@ every official key is either mapped or dropped for a stated reason, and anything
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ from anomalib_dinomaly.torch_model import (
     build_bottleneck,
     build_decoder,
 )
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from anomalib_dinomaly.lightning_model import Dinomaly
@@ -154,11 +157,13 @@ def _check_supported(config: Mapping[str, Any], family: str) -> None:
         "mask_neighbor_size": (config.get("mask_neighbor_size", 0), 0),
         "car_layer_norm_affine": (config.get("car_layer_norm_affine", False), False),
     }
-    if family == "dinov3":
-        unsupported["rope_normalize_coords"] = (config.get("rope_normalize_coords", "separate"), "separate")
-        unsupported["encoder_layernorm_eps"] = (config.get("encoder_layernorm_eps", 1e-5), 1e-5)
-    else:
-        unsupported["encoder_layernorm_eps"] = (config.get("encoder_layernorm_eps", 1e-6), 1e-6)
+    if family == "dinov3" and config.get("rope_normalize_coords", "separate") != "separate":
+        logger.warning(
+            "rope_normalize_coords %r: the DINOv3 encoder normalises each axis separately, which equals %r only "
+            "on square patch grids.",
+            config["rope_normalize_coords"],
+            config["rope_normalize_coords"],
+        )
     bad = {key: value for key, (value, supported) in unsupported.items() if value != supported}
     if bad:
         supported = {key: value for key, (_, value) in unsupported.items() if key in bad}
@@ -322,11 +327,28 @@ def _load_official_weights(
 
 
 def _build_encoder(config: Mapping[str, Any]) -> nn.Module:
+    """The encoder of a completed config; its LayerNorm eps from ``encoder_layernorm_eps`` when the config has it."""
     shape = {key: config[key] for key in _ENCODER_KEYS}
     if encoder_family(config) == "dinov3":
         from anomalib_dinomaly.encoder_dinov3 import DinoV3Encoder
 
-        return DinoV3Encoder(_encoder_name(config), pretrained=False, **shape)
+        encoder = DinoV3Encoder(_encoder_name(config), pretrained=False, **shape)
+    else:
+        encoder = _build_dinov2_encoder(config, shape)
+    _set_encoder_norm_eps(encoder, config)
+    return encoder
+
+
+def _set_encoder_norm_eps(encoder: nn.Module, config: Mapping[str, Any]) -> None:
+    """The config's ``encoder_layernorm_eps`` in every encoder LayerNorm (DINOv3's "layernormbf16" is 1e-5, its
+    "layernorm" 1e-6; DINOv2's 1e-6), when the config has the key."""
+    if "encoder_layernorm_eps" in config:
+        for module in encoder.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = config["encoder_layernorm_eps"]
+
+
+def _build_dinov2_encoder(config: Mapping[str, Any], shape: Mapping[str, int]) -> DinoV2Encoder:
     return DinoV2Encoder(
         _encoder_name(config),
         pretrained=False,
@@ -466,5 +488,6 @@ def module_from_official_checkpoint(
         msg = f"{repeated} come from the official config; pass them in `config`, not as module arguments."
         raise ValueError(msg)
     module = module_class(encoder_name=_encoder_name(config), pretrained=False, **architecture, **module_kwargs)
+    _set_encoder_norm_eps(module.model.encoder, config)
     _load_official_weights(module.model, checkpoint, config)
     return module.eval()

@@ -430,7 +430,7 @@ OTHER_CONFIGS = {
         "encoder_family": "DINOv3 ViT (dinov3/)", "context_aware_recenter": True, "car_layer_norm_eps": 1e-8,
         "bottleneck_hidden_dims": [96, 256], "decoder_num_heads": 2, "decoder_layernorm_eps": 1e-8,
         "linear_attention_eps": 1e-8, "rope_base": 100, "rope_normalize_coords": "separate", "n_storage_tokens": 0,
-        "encoder_layernorm_eps": 1e-5,
+        "encoder_layernorm_eps": 1e-6,
     },
 }  # fmt: skip
 
@@ -491,6 +491,8 @@ def test_other_configurations_build_from_their_config(name):
     assert len(model.fuse_layer_encoder) == len(config["fuse_layer_encoder"])
     assert model.encoder.num_prefix_tokens == 1 and model.encoder.patch_size == config["patch_size"]
     assert model.bottleneck.compress.out_features == config["bottleneck_hidden_dims"][0]
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(norm.eps == config["encoder_layernorm_eps"] for norm in norms)
     images = torch.randn(2, 3, config["image_size"], config["image_size"], generator=generator)
     source.eval()
     with torch.no_grad():
