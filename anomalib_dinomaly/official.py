@@ -139,6 +139,8 @@ def complete_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         if "n_storage_tokens" in config:
             config["num_register_tokens"] = config["n_storage_tokens"]
     merged.update({key: config[key] for key in (*OFFICIAL_CONFIG_KEYS, *DINOMALY2_CONFIG_KEYS) if key in config})
+    if family == "dinov2" and "pos_grid" not in config and "encoder_img_size" in config:
+        merged["pos_grid"] = config["encoder_img_size"] // merged["patch_size"]  # DINOv2's position grid
     expected_patch = DINOV3_PATCH_SIZE if family == "dinov3" else PATCH_SIZE
     if merged["patch_size"] != expected_patch:
         msg = (
