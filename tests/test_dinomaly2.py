@@ -185,3 +185,14 @@ def test_engine_fit_with_a_dinov3_encoder(tmp_path, mvtec_root, magnetic_tile_ro
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(images).pred_score, model.eval().model(images).pred_score, atol=0, rtol=0)
 
+
+
+@pytest.mark.slow  # a fresh interpreter importing anomalib
+def test_importing_dinomaly2_first_registers_it_without_a_circular_import():
+    code = (
+        "import anomalib_dinomaly.dinomaly2 as d2, anomalib.models as m; "
+        "print(m.Dinomaly2 is d2.Dinomaly2, m.Dinomaly.__module__)"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "anomalib_dinomaly.lightning_model"]
