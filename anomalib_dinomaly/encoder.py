@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -211,6 +212,28 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         msg = f"{str(path)!r} does not hold a state dict (found {type(state_dict).__name__})."
         raise PretrainedWeightsError(msg)
     return state_dict
+
+
+def build_encoder(name: str = DEFAULT_ENCODER, **kwargs: Any) -> nn.Module:
+    """The frozen encoder a name stands for: DINOv2 names -> :class:`DinoV2Encoder`, DINOv3 -> ``DinoV3Encoder``.
+
+    Args:
+        name: a DINOv2 (``dinov2reg_vit_base_14``) or DINOv3 (``dinov3_vit_base_16``) name, or their timm names.
+        kwargs: the encoder's constructor arguments (``pretrained``, ``weights``, architecture overrides).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the names of both families.
+    """
+    from anomalib_dinomaly.encoder_dinov3 import DinoV3Encoder, is_dinov3_name, known_dinov3_names
+
+    if is_dinov3_name(name):
+        return DinoV3Encoder(name, **kwargs)
+    try:
+        resolve_variant(name)
+    except ValueError as error:
+        msg = f"{error} DINOv3 encoders: {known_dinov3_names()}."
+        raise ValueError(msg) from None
+    return DinoV2Encoder(name, **kwargs)
 
 
 class DinoV2Encoder(nn.Module):

@@ -34,10 +34,24 @@ from anomalib_dinomaly.checkpoint_model import (
     refresh_datamodule_resize,
 )
 from anomalib_dinomaly.data_check import DataCheck, check_mask_folders
-from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, PATCH_SIZE, DinoV2Encoder
+from anomalib_dinomaly.encoder import (
+    DEFAULT_CROP_SIZE,
+    DEFAULT_ENCODER,
+    DEFAULT_IMAGE_SIZE,
+    PATCH_SIZE,
+    build_encoder,
+    resolve_variant,
+)
+from anomalib_dinomaly.encoder_dinov3 import is_dinov3_name, resolve_dinov3_variant
 from anomalib_dinomaly.export import DinomalyExportMixin
 from anomalib_dinomaly.input_range import InputRangeCheck
-from anomalib_dinomaly.layers import DEFAULT_BOTTLENECK_DROPOUT
+from anomalib_dinomaly.layers import (
+    ATTENTION_EPS,
+    COMPRESSED_DIM,
+    DEFAULT_BOTTLENECK_DROPOUT,
+    RECENTERING_EPS,
+    ContextAwareRecentering,
+)
 from anomalib_dinomaly.loss import (
     DEFAULT_HARD_MINING_FACTOR,
     DEFAULT_HARD_MINING_FINAL,
@@ -59,7 +73,13 @@ from anomalib_dinomaly.post_processor import DinomalyPostProcessor
 from anomalib_dinomaly.pretrained import DeferredEncoderWeights, LoadDeferredWeights
 from anomalib_dinomaly.report import TestReport
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
-from anomalib_dinomaly.torch_model import DEFAULT_DECODER_DEPTH, DEFAULT_GROUPS, DinomalyModel
+from anomalib_dinomaly.torch_model import (
+    DEFAULT_DECODER_DEPTH,
+    DEFAULT_GROUPS,
+    DinomalyModel,
+    build_bottleneck,
+    build_decoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +101,11 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+def encoder_variant(name: str):  # noqa: ANN201
+    """The DINOv2 or DINOv3 variant a name stands for (patch size, default geometry, layers), without building it."""
+    return resolve_dinov3_variant(name) if is_dinov3_name(name) else resolve_variant(name)
+
+
 class Dinomaly(DinomalyExportMixin, AnomalibModule):
     """Dinomaly: multi-class anomaly detection by loose reconstruction of frozen DINOv2 features.
 
@@ -88,8 +113,9 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     Args:
         encoder_name: DINOv2 variant, e.g. ``dinov2reg_vit_base_14`` (default), ``dinov2reg_vit_small_14``,
-            ``dinov2reg_vit_large_14``, or without registers ``dinov2_vit_base_14``; timm names work too.
-        pretrained: use the published DINOv2 weights (Hugging Face hub via timm), fetched when a run first needs
+            ``dinov2reg_vit_large_14``, or without registers ``dinov2_vit_base_14``; DINOv3 ``dinov3_vit_small_16``,
+            ``dinov3_vit_base_16``, ``dinov3_vit_large_16``; timm names work too.
+        pretrained: use the published encoder weights (Hugging Face hub via timm), fetched when a run first needs
             them (training, validation, test, predict or the first call) and never when a checkpoint is loaded.
         encoder_weights: local weights file (timm/HF ``.safetensors`` or Meta's ``.pth``); no network needed.
         embed_dim, depth, num_heads, num_register_tokens: override the encoder architecture (tests, other sizes).
@@ -97,10 +123,13 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         fuse_layer_encoder, fuse_layer_decoder: layer groups, ``[[0, 1, 2, 3], [4, 5, 6, 7]]``.
         decoder_depth: linear-attention decoder blocks (8).
         bottleneck_dropout: noisy-bottleneck dropout (0.2; 0.4 for Real-IAD).
-        image_size: resize before cropping (448).
-        crop_size: center crop fed to the model (392); ``None`` for no crop. Multiple of 14.
+        image_size: resize before cropping (448; 512 for a DINOv3 ViT/16 encoder when both sizes are left at
+            their defaults).
+        crop_size: center crop fed to the model (392; 448 for ViT/16); ``None`` for no crop. Multiple of the
+            encoder's patch size (14 or 16).
         lr, final_lr, weight_decay, eps, warmup_steps: StableAdamW and warm-up + cosine schedule
-            (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step.
+            (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step. ``final_lr``
+            ``None``: no decay, constant after the warm-up (Dinomaly2's final ratio 1.0).
         max_grad_norm: gradient-norm clip (0.1), used when the trainer sets none.
         hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: the fraction ``p`` of easy points (a
             fraction despite the official name) rises linearly to 0.9 over 1,000 steps; easy points keep 0.1 of
@@ -109,6 +138,22 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
         check_data: check every image and mask file of the run's data sets before it starts (see
             :mod:`anomalib_dinomaly.data_check`); ``False`` skips the check.
+        bottleneck_kind: ``"mlp"`` (Dinomaly's two-layer noisy MLP) or ``"compressed"`` (Dinomaly2's three layers,
+            ``D -> compressed_dim -> 4D -> D``).
+        compressed_dim: width of the compressed bottleneck's first layer (256).
+        context_recentering: Dinomaly2's context-aware recentering of the encoder groups (off).
+        recentering_eps: eps of the recentering's affine-free LayerNorm (1e-8).
+        attention_eps: eps of the decoder's linear attention (1e-6; Dinomaly2 1e-8).
+        amsgrad: StableAdamW with AMSGrad (on; Dinomaly2 off).
+        first_layer_lr_ratio: learning rate of the bottleneck's first layer relative to ``lr`` (1; Dinomaly2 0.1).
+        warmup_includes_end: Dinomaly's warm-up, at ``lr`` on its last step (on), or Dinomaly2's, at ``lr`` one
+            step later (off).
+        nonfinite_grads: StableAdamW on a NaN/Inf gradient: ``"ignore"`` (official Dinomaly), ``"skip_step"``,
+            ``"preview"`` (see :class:`~anomalib_dinomaly.optim.StableAdamW`).
+        encoder_rope_rescale: DINOv3 encoders only (DINOv2 has no RoPE and ignores it): Meta's train-mode RoPE
+            coordinate rescale, a factor drawn log-uniformly in [1/R, R] per block and forward while training
+            (Dinomaly2's preview trains with R = 2 active, as its frozen teacher is in train mode); ``None``
+            (Dinomaly's default) keeps the teacher deterministic. Evaluation is never rescaled.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults; the
             default evaluator is :class:`~anomalib_dinomaly.metrics.CategoryEvaluator`).
     """
@@ -130,7 +175,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
         crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
         lr: float = DEFAULT_LR,
-        final_lr: float = DEFAULT_LR * DEFAULT_FINAL_LR_RATIO,
+        final_lr: float | None = DEFAULT_LR * DEFAULT_FINAL_LR_RATIO,
         weight_decay: float = DEFAULT_WEIGHT_DECAY,
         eps: float = DEFAULT_EPS,
         warmup_steps: int = DEFAULT_WARMUP_STEPS,
@@ -146,10 +191,24 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
+        bottleneck_kind: str = "mlp",
+        compressed_dim: int = COMPRESSED_DIM,
+        context_recentering: bool = False,
+        recentering_eps: float = RECENTERING_EPS,
+        attention_eps: float = ATTENTION_EPS,
+        amsgrad: bool = DEFAULT_AMSGRAD,
+        first_layer_lr_ratio: float = 1.0,
+        warmup_includes_end: bool = True,
+        nonfinite_grads: str = "ignore",
+        encoder_rope_rescale: float | None = None,
     ) -> None:
         check_arguments(locals())
+        variant = encoder_variant(encoder_name)
+        if (image_size, crop_size) == (DEFAULT_IMAGE_SIZE, DEFAULT_CROP_SIZE):
+            # Reassigned before AnomalibModule saves the hyper-parameters, so they record the sizes in use.
+            image_size, crop_size = variant.default_image_size, variant.default_crop_size
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size, crop_size)
+            pre_processor = self.configure_pre_processor(image_size, crop_size, patch_size=variant.patch_size)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -157,23 +216,26 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             visualizer=visualizer,
         )
         make_encoder = partial(
-            DinoV2Encoder,
+            build_encoder,
             encoder_name,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,
             num_register_tokens=num_register_tokens,
+            **({"rope_rescale_coords": encoder_rope_rescale} if is_dinov3_name(encoder_name) else {}),
         )
         encoder = make_encoder(pretrained=False, weights=encoder_weights)
         pending = pretrained and encoder_weights is None
         self._deferred_encoder_weights = DeferredEncoderWeights(make_encoder) if pending else None
+        dim = encoder.embed_dim
         self.model = DinomalyModel(
             encoder,
             target_layers=target_layers,
             fuse_layer_encoder=fuse_layer_encoder or DEFAULT_GROUPS,
             fuse_layer_decoder=fuse_layer_decoder or DEFAULT_GROUPS,
-            decoder_depth=decoder_depth,
-            bottleneck_dropout=bottleneck_dropout,
+            bottleneck=build_bottleneck(bottleneck_kind, dim, bottleneck_dropout, compressed_dim=compressed_dim),
+            decoder=build_decoder(dim, encoder.num_heads, decoder_depth, attention_eps=attention_eps),
+            encoder_group_head=ContextAwareRecentering(recentering_eps) if context_recentering else None,
             anomaly_map_generator=AnomalyMapGenerator(eval_size=eval_size, top_ratio=top_ratio),
         )
         self.loss = GlobalCosineHardMiningLoss(factor=hard_mining_factor)
@@ -185,11 +247,13 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         cls,
         image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
         crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
+        patch_size: int = PATCH_SIZE,
     ) -> PreProcessor:
         """Resize to ``image_size``, center-crop ``crop_size``, ImageNet normalisation.
 
         Raises:
-            ValueError: if the crop is larger than the image or the model input is not a multiple of 14.
+            ValueError: if the crop is larger than the image or the model input is not a multiple of the
+                encoder's ``patch_size`` (14 for DINOv2, 16 for DINOv3).
         """
         image_size = _pair(image_size)
         transforms: list = [Resize(image_size)]
@@ -200,10 +264,10 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
                 msg = f"crop_size {input_size} is larger than image_size {image_size}."
                 raise ValueError(msg)
             transforms.append(CenterCrop(input_size))
-        if input_size[0] % PATCH_SIZE or input_size[1] % PATCH_SIZE:
+        if input_size[0] % patch_size or input_size[1] % patch_size:
             msg = (
                 f"The model input {input_size} (crop_size, or image_size without a crop) must be a multiple of "
-                f"the patch size {PATCH_SIZE}, e.g. 392 or 448."
+                f"the encoder's patch size {patch_size}, e.g. {28 * patch_size} or {32 * patch_size}."
             )
             raise ValueError(msg)
         transforms.append(Normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
@@ -334,24 +398,30 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """StableAdamW on bottleneck and decoder; warm-up + cosine schedule stepped every optimizer step."""
         # Imported here: this module may be loading while anomalib_dinomaly.optim imports anomalib (see there).
-        from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
+        from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR, trainable_parameter_groups
 
-        params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        hparams = self.hparams
+        groups = trainable_parameter_groups(
+            self.model.bottleneck, self.model.decoder, hparams.lr, hparams.get("first_layer_lr_ratio", 1.0)
+        )
         optimizer = StableAdamW(
-            params,
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
-            eps=self.hparams.eps,
-            amsgrad=DEFAULT_AMSGRAD,
+            groups,
+            lr=hparams.lr,
+            weight_decay=hparams.weight_decay,
+            eps=hparams.eps,
+            amsgrad=hparams.get("amsgrad", DEFAULT_AMSGRAD),
+            nonfinite_grads=hparams.get("nonfinite_grads", "ignore"),
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not 0 < total_steps < float("inf"):
-            total_steps = self.hparams.default_max_steps
+            total_steps = hparams.default_max_steps
+        final_lr = hparams.lr if hparams.final_lr is None else hparams.final_lr
         scheduler = WarmupCosineLR(
             optimizer,
             total_steps=int(total_steps),
-            warmup_steps=self.hparams.warmup_steps,
-            final_lr_ratio=self.hparams.final_lr / self.hparams.lr,
+            warmup_steps=hparams.warmup_steps,
+            final_lr_ratio=final_lr / hparams.lr,
+            warmup_includes_end=hparams.get("warmup_includes_end", True),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

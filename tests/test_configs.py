@@ -12,7 +12,15 @@ import yaml
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-PLUGIN = "anomalib_dinomaly.lightning_model.Dinomaly"
+#: The model each config trains, by file name: ``dinomaly2_*`` Dinomaly2, the others Dinomaly.
+PLUGIN_CLASSES = {
+    "Dinomaly": "anomalib_dinomaly.lightning_model.Dinomaly",
+    "Dinomaly2": "anomalib_dinomaly.dinomaly2.Dinomaly2",
+}
+
+
+def _model_name(path: Path) -> str:
+    return "Dinomaly2" if path.name.startswith("dinomaly2") else "Dinomaly"
 
 
 def resolved_model_classes(paths: list[Path]) -> dict[str, str]:
@@ -38,7 +46,8 @@ def test_every_config_names_the_plugin_class():
     assert CONFIGS
     for path in CONFIGS:
         model = yaml.safe_load(path.read_text())["model"]
-        assert model["class_path"] == "anomalib_dinomaly.Dinomaly", f"{path.name}: name the plugin class explicitly"
+        expected = f"anomalib_dinomaly.{_model_name(path)}"
+        assert model["class_path"] == expected, f"{path.name}: name the plugin class explicitly"
 
 
 def test_override_switch_never_changes_the_model_a_config_trains():
@@ -60,4 +69,5 @@ def test_override_switch_never_changes_the_model_a_config_trains():
     without_override = dict(line.split() for line in result.stdout.splitlines() if line.strip())
     assert set(with_override) == set(without_override) == {str(path) for path in CONFIGS}
     for path in CONFIGS:
-        assert with_override[str(path)] == without_override[str(path)] == PLUGIN, path.name
+        plugin = PLUGIN_CLASSES[_model_name(path)]
+        assert with_override[str(path)] == without_override[str(path)] == plugin, path.name
