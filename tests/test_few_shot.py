@@ -1,0 +1,173 @@
+"""Few-shot training: k normal images per category, drawn reproducibly, and the Dinomaly2 preview's augmentation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from torchvision.transforms.v2 import (
+    Compose,
+    Normalize,
+    RandomChoice,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    RandomRotation,
+    RandomVerticalFlip,
+    Resize,
+)
+
+from anomalib_dinomaly import Dinomaly
+from anomalib_dinomaly.data import FewShot, MultiClass, ProductFolder, few_shot_augmentation, select_shots
+from tests.conftest import TINY_MODEL
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def mixed(mvtec_root, magnetic_tile_root, **kwargs) -> MultiClass:
+    datamodule = MultiClass(
+        datamodules=[MVTecAD(root=mvtec_root, category="bottle"), ProductFolder(root=magnetic_tile_root)],
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        **kwargs,
+    )
+    datamodule.setup()
+    return datamodule
+
+
+def names(dataset, category: str) -> list[str]:
+    samples = dataset.samples
+    return sorted(path.rsplit("/", 1)[-1] for path in samples.loc[samples["category"] == category, "image_path"])
+
+
+def test_selection_is_reproducible_per_category_and_seeded(mvtec_root, magnetic_tile_root):
+    first = mixed(mvtec_root, magnetic_tile_root, shots=3)
+    again = mixed(mvtec_root, magnetic_tile_root, shots=3, shot_seed=1)
+    other_seed = mixed(mvtec_root, magnetic_tile_root, shots=3, shot_seed=2)
+    assert first.train_data.category_counts() == {"bottle": 3, "magnetic_tile": 3}
+    for category in ("bottle", "magnetic_tile"):
+        assert names(first.train_data, category) == names(again.train_data, category)
+        assert names(first.train_data, category) != names(other_seed.train_data, category)
+    # A category draws the same images alone, in another order, or wrapped on its own.
+    alone = MultiClass(dataset="MVTecAD", root=mvtec_root, categories=["bottle"], shots=3, num_workers=0)
+    alone.setup()
+    assert names(alone.train_data, "bottle") == names(first.train_data, "bottle")
+    single = FewShot(MVTecAD(root=mvtec_root, category="bottle"), shots=3)
+    single.setup()
+    assert sorted(p.rsplit("/", 1)[-1] for p in single.train_data.samples.image_path) == names(first.train_data, "bottle")
+    assert (single.name, single.category) == ("MVTecAD", "bottle")
+    full = MVTecAD(root=mvtec_root, category="bottle")
+    full.setup()
+    shuffled = full.train_data.samples.sample(frac=1.0, random_state=0)
+    assert set(select_shots(shuffled, 3, 1, "bottle").image_path) == set(single.train_data.samples.image_path)
+
+
+def test_only_the_shots_reach_training_and_evaluation_sets_are_unchanged(mvtec_root, magnetic_tile_root):
+    few = mixed(mvtec_root, magnetic_tile_root, shots=2)
+    everything = mixed(mvtec_root, magnetic_tile_root)
+    chosen = set(few.train_data.samples.image_path)
+    assert len(chosen) == 4 and chosen < set(everything.train_data.samples.image_path)
+    seen = [path for batch in few.train_dataloader() for path in batch.image_path]
+    assert sorted(seen) == sorted(chosen)
+    for subset in ("val_data", "test_data"):
+        assert getattr(few, subset).samples.equals(getattr(everything, subset).samples)
+    # the class-separated runner trains each wrapped category on its own shots
+    assert {name: len(dm.train_data) for name, dm in few.datamodules.items()} == {"bottle": 2, "magnetic_tile": 2}
+    assert few.name == "MultiClass"
+
+
+def test_clear_errors_for_bad_shots(mvtec_root):
+    too_many = MultiClass(dataset="MVTecAD", root=mvtec_root, categories=["bottle"], shots=21, num_workers=0)
+    with pytest.raises(ValueError, match=r"Category 'bottle' has 20 normal training images, fewer than shots=21"):
+        too_many.setup()
+    with pytest.raises(ValueError, match="shots must be a positive integer"):
+        MultiClass(dataset="MVTecAD", root=mvtec_root, categories=["bottle"], shots=0)
+    with pytest.raises(ValueError, match="train_augmentations"):
+        FewShot(MVTecAD(root=mvtec_root, category="bottle", train_augmentations=Resize(64)), shots=2)
+    with pytest.raises(ValueError, match="square crop"):
+        few_shot_augmentation(Dinomaly.configure_pre_processor((56, 70), (42, 56)).transform)
+    with pytest.raises(ValueError, match="fixed"):
+        few_shot_augmentation(Compose([Normalize(**IMAGENET)]))
+
+
+def coordinate_image(height: int, width: int) -> torch.Tensor:
+    """(3, H, W): channel 0 the row and channel 1 the column (0..1, pixel centres), channel 2 constant."""
+    rows = (torch.arange(height) + 0.5) / height
+    cols = (torch.arange(width) + 0.5) / width
+    return torch.stack([rows[:, None].expand(height, width), cols[None, :].expand(height, width), torch.ones(height, width)])
+
+
+@pytest.mark.parametrize(("image_size", "crop_size"), [(112, 98), (512, 448)])
+def test_augmentation_statistics(image_size, crop_size):
+    """Shapes, area fraction, aspect ratio and all eight quarter-turn / flip orientations occur."""
+    pre_processor = Dinomaly.configure_pre_processor(image_size, crop_size).transform
+    augmentation = few_shot_augmentation(pre_processor)
+    image = coordinate_image(image_size, image_size)  # already at the resize size: no resampling before the crop
+    torch.manual_seed(0)
+    orientations, fractions, ratios = set(), [], []
+    for _ in range(64):
+        padded = augmentation(image)
+        assert padded.shape == (3, image_size, image_size)
+        crop = pre_processor(padded.unsqueeze(0))[0]
+        assert crop.shape == (3, crop_size, crop_size)
+        crop = crop * torch.tensor(IMAGENET["std"])[:, None, None] + torch.tensor(IMAGENET["mean"])[:, None, None]
+        # the padding is cut away exactly: only image content (channel 2 == 1) is left
+        assert torch.allclose(crop[2], torch.ones(crop_size, crop_size), atol=1e-5)
+        rows, cols = crop[0], crop[1]
+        # which image axis runs along the crop's rows / columns, and in which direction
+        row_axis = "r" if (rows[-1, 0] - rows[0, 0]).abs() > (cols[-1, 0] - cols[0, 0]).abs() else "c"
+        down = crop[0 if row_axis == "r" else 1]
+        across = crop[1 if row_axis == "r" else 0]
+        orientations.add((row_axis, bool(down[-1, 0] > down[0, 0]), bool(across[0, -1] > across[0, 0])))
+        height = (rows.max() - rows.min()).item() * image_size + 1
+        width = (cols.max() - cols.min()).item() * image_size + 1
+        fractions.append(height * width / image_size**2)
+        ratios.append(width / height)
+    assert len(orientations) == 8
+    target = (crop_size / image_size) ** 2
+    assert all(abs(fraction - target) < 0.03 for fraction in fractions), (min(fractions), max(fractions))
+    assert 0.93 < min(ratios) and max(ratios) < 1.07 and max(ratios) - min(ratios) > 0.02
+
+
+def test_seeded_draw_equals_the_preview_composition():
+    """Through the model's pre-processor a training image sees exactly Resize -> RandomResizedCrop -> quarter
+    turn -> flips -> Normalize, once; an evaluation image sees the pre-processor alone, as without few-shot."""
+    image_size, crop_size = 112, 98
+    pre_processor = Dinomaly.configure_pre_processor(image_size, crop_size).transform
+    scale = (crop_size / image_size) ** 2
+    preview = Compose([
+        Resize((image_size, image_size)),
+        RandomResizedCrop(crop_size, scale=(scale, scale), ratio=(0.95, 1.05)),
+        RandomChoice([RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]),
+        RandomHorizontalFlip(),
+        RandomVerticalFlip(),
+        Normalize(**IMAGENET),
+    ])
+    ours = few_shot_augmentation(pre_processor)
+    image = torch.rand(3, 150, 130)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        expected = preview(image)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(pre_processor(ours(image)), expected, rtol=0, atol=0)
+
+
+def test_attached_model_augments_training_only(mvtec_root, magnetic_tile_root):
+    model = Dinomaly(**TINY_MODEL)
+    few = mixed(mvtec_root, magnetic_tile_root, shots=2)
+    plain = mixed(mvtec_root, magnetic_tile_root)
+    for datamodule in (few, plain):
+        datamodule.trainer = SimpleNamespace(model=model)
+        datamodule.setup()
+    transform = model.pre_processor.transform
+    torch.manual_seed(0)
+    train = next(iter(few.train_dataloader()))
+    assert train.image.shape[-2:] == (112, 112)  # padded to the resize size, cropped back by the pre-processor
+    assert transform(train.image).shape[-2:] == (98, 98)
+    for subset in ("val_dataloader", "test_dataloader"):
+        for few_batch, plain_batch in zip(getattr(few, subset)(), getattr(plain, subset)(), strict=True):
+            assert few_batch.image_path == plain_batch.image_path
+            torch.testing.assert_close(few_batch.image, plain_batch.image, rtol=0, atol=0)
+            torch.testing.assert_close(few_batch.gt_mask, plain_batch.gt_mask, rtol=0, atol=0)
