@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import Callback
 from torchvision.transforms.v2 import (
     Compose,
     Normalize,
@@ -20,8 +25,11 @@ from torchvision.transforms.v2 import (
 
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.data import FewShot, MultiClass, ProductFolder, few_shot_augmentation, select_shots
-from tests.conftest import TINY_MODEL
+from anomalib_dinomaly.metrics import CategoryTable
+from anomalib_dinomaly.separated import train_separated
+from tests.conftest import REPO, TINY_MODEL
 
+ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
@@ -56,7 +64,8 @@ def test_selection_is_reproducible_per_category_and_seeded(mvtec_root, magnetic_
     assert names(alone.train_data, "bottle") == names(first.train_data, "bottle")
     single = FewShot(MVTecAD(root=mvtec_root, category="bottle"), shots=3)
     single.setup()
-    assert sorted(p.rsplit("/", 1)[-1] for p in single.train_data.samples.image_path) == names(first.train_data, "bottle")
+    single_names = sorted(path.rsplit("/", 1)[-1] for path in single.train_data.samples.image_path)
+    assert single_names == names(first.train_data, "bottle")
     assert (single.name, single.category) == ("MVTecAD", "bottle")
     full = MVTecAD(root=mvtec_root, category="bottle")
     full.setup()
@@ -96,7 +105,8 @@ def coordinate_image(height: int, width: int) -> torch.Tensor:
     """(3, H, W): channel 0 the row and channel 1 the column (0..1, pixel centres), channel 2 constant."""
     rows = (torch.arange(height) + 0.5) / height
     cols = (torch.arange(width) + 0.5) / width
-    return torch.stack([rows[:, None].expand(height, width), cols[None, :].expand(height, width), torch.ones(height, width)])
+    grid = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack([*grid, torch.ones(height, width)])
 
 
 @pytest.mark.parametrize(("image_size", "crop_size"), [(112, 98), (512, 448)])
@@ -171,3 +181,62 @@ def test_attached_model_augments_training_only(mvtec_root, magnetic_tile_root):
             assert few_batch.image_path == plain_batch.image_path
             torch.testing.assert_close(few_batch.image, plain_batch.image, rtol=0, atol=0)
             torch.testing.assert_close(few_batch.gt_mask, plain_batch.gt_mask, rtol=0, atol=0)
+
+
+class RecordTrainingBatches(Callback):
+    """Keeps the path and model-input size of every training image (after the model's pre-processor)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.sizes: set[tuple[int, int]] = set()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.paths += batch.image_path
+        self.sizes.add(tuple(batch.image.shape[-2:]))
+
+
+@pytest.mark.slow
+def test_engine_fit_unified_and_class_separated_with_shots(tmp_path, mvtec_root, magnetic_tile_root):
+    torch.manual_seed(0)
+    data = MultiClass(
+        datamodules=[MVTecAD(root=mvtec_root, category="bottle"), ProductFolder(root=magnetic_tile_root)],
+        train_batch_size=2,
+        eval_batch_size=11,
+        num_workers=0,
+        shots=2,
+    )
+    record = RecordTrainingBatches()
+    engine = Engine(default_root_dir=tmp_path, max_steps=2, logger=False, callbacks=[record])
+    model = Dinomaly(**TINY_MODEL, warmup_steps=1)
+    engine.fit(model=model, datamodule=data)
+    chosen = set(data.train_data.samples.image_path)
+    assert len(chosen) == 4 and set(record.paths) <= chosen and len(record.paths) == 4
+    assert record.sizes == {(98, 98)}
+    engine.test(model=model, datamodule=data)
+    assert model.evaluator.table.categories == ["bottle", "magnetic_tile"]
+
+    separated = RecordTrainingBatches()
+    table = train_separated(
+        Dinomaly(**TINY_MODEL, warmup_steps=1), data, tmp_path, max_steps=1, logger=False, callbacks=[separated]
+    )
+    assert table.categories == ["bottle", "magnetic_tile"]
+    assert len(separated.paths) == 2 * 2 and set(separated.paths) <= chosen  # one step of 2 shots per category
+    assert separated.sizes == {(98, 98)}
+
+
+@pytest.mark.slow
+def test_cli_few_shot_config(tmp_path, mvtec_root):
+    tiny = [f"--model.{key}={str(value).lower()}" for key, value in TINY_MODEL.items()]
+    args = [
+        ANOMALIB, "train", "--config", str(REPO / "configs" / "dinomaly_fewshot_mvtec.yaml"), *tiny,
+        "--data.root", str(mvtec_root), "--data.categories", "[bottle]", "--data.shots", "2",
+        "--data.train_batch_size", "2", "--data.eval_batch_size", "11", "--data.num_workers", "0",
+        "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.accelerator", "cpu",
+        "--trainer.logger", "false", "--default_root_dir", "results",
+    ]  # fmt: skip
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Few-shot training: bottle keeps 2 of 20 training images (seed 1)" in output
+    table = CategoryTable.read_csv(tmp_path / "results/DinomalyPlugin/MVTecAD/unified/v0/per_category_metrics.csv")
+    assert table.categories == ["bottle"]

@@ -120,7 +120,7 @@ def few_shot_augmentation(model_transform: Transform) -> Compose:
     crops = extract_transforms_by_type(model_transform, CenterCrop)
     crop_height, crop_width = crops[0].size if crops else (height, width)
     if crop_height != crop_width:
-        msg = f"Few-shot augmentation turns images by 90 degrees and needs a square crop, got {(crop_height, crop_width)}."
+        msg = f"Few-shot augmentation turns by 90 degrees: it needs a square crop, got {crop_height}x{crop_width}."
         raise ValueError(msg)
     if crop_height > height or crop_width > width:
         msg = f"The model's center crop {(crop_height, crop_width)} is larger than its resize {(height, width)}."
@@ -240,7 +240,13 @@ class FewShot(FewShotAugmentationMixin, AnomalibDataModule):
     def _setup(self, _stage: str | None = None) -> None:
         self.datamodule.setup()
         train_data = copy.copy(self.datamodule.train_data)
-        train_data.samples = select_shots(train_data.samples, self.shots, self.shot_seed, self.category or self.name)
+        category = self.category or self.name
+        available = len(train_data.samples)
+        train_data.samples = select_shots(train_data.samples, self.shots, self.shot_seed, category)
+        logger.info(
+            "Few-shot training: %s keeps %d of %d training images (seed %d).",
+            *(category, self.shots, available, self.shot_seed),
+        )
         self.train_data = train_data
         self.test_data = self.datamodule.test_data
         if hasattr(self.datamodule, "val_data"):
