@@ -80,6 +80,8 @@ def test_only_the_shots_reach_training_and_evaluation_sets_are_unchanged(mvtec_r
     assert len(chosen) == 4 and chosen < set(everything.train_data.samples.image_path)
     seen = [path for batch in few.train_dataloader() for path in batch.image_path]
     assert sorted(seen) == sorted(chosen)
+    few.num_workers = 2
+    assert sorted(path for batch in few.train_dataloader() for path in batch.image_path) == sorted(chosen)
     for subset in ("val_data", "test_data"):
         assert getattr(few, subset).samples.equals(getattr(everything, subset).samples)
     # the class-separated runner trains each wrapped category on its own shots
@@ -141,10 +143,10 @@ def test_augmentation_statistics(image_size, crop_size):
     assert 0.93 < min(ratios) and max(ratios) < 1.07 and max(ratios) - min(ratios) > 0.02
 
 
-def test_seeded_draw_equals_the_preview_composition():
+@pytest.mark.parametrize(("image_size", "crop_size"), [(112, 98), (113, 98), (512, 448)])
+def test_seeded_draw_equals_the_preview_composition(image_size, crop_size):
     """Through the model's pre-processor a training image sees exactly Resize -> RandomResizedCrop -> quarter
-    turn -> flips -> Normalize, once; an evaluation image sees the pre-processor alone, as without few-shot."""
-    image_size, crop_size = 112, 98
+    turn -> flips -> Normalize, once (also where the margin around the crop is odd)."""
     pre_processor = Dinomaly.configure_pre_processor(image_size, crop_size).transform
     scale = (crop_size / image_size) ** 2
     preview = Compose([
