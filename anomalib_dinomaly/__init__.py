@@ -1,4 +1,4 @@
-"""Dinomaly (Guo et al., CVPR 2025) as an anomalib plugin.
+"""Dinomaly (Guo et al., CVPR 2025) and Dinomaly2 (Guo et al., 2025) as an anomalib plugin.
 
 Public names are imported lazily so that ``import anomalib_dinomaly`` (and the interpreter-start hook)
 stays cheap; torch and anomalib load on first use of a name.
@@ -13,8 +13,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Dinomaly": "anomalib_dinomaly.lightning_model",
+    "Dinomaly2": "anomalib_dinomaly.dinomaly2",
     "DinomalyModel": "anomalib_dinomaly.torch_model",
+    "Dinomaly2Model": "anomalib_dinomaly.torch_model",
     "DinoV2Encoder": "anomalib_dinomaly.encoder",
+    "DinoV3Encoder": "anomalib_dinomaly.encoder_dinov3",
+    "build_encoder": "anomalib_dinomaly.encoder",
     "PretrainedWeightsError": "anomalib_dinomaly.encoder",
     "AnomalyMapGenerator": "anomalib_dinomaly.anomaly_map",
     "GlobalCosineHardMiningLoss": "anomalib_dinomaly.loss",

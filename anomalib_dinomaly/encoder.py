@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -37,6 +38,9 @@ class EncoderVariant:
     num_register_tokens: int
     target_layers: tuple[int, ...]
     meta_checkpoint: str
+    patch_size: int = PATCH_SIZE
+    default_image_size: int = 448
+    default_crop_size: int = 392  # 28 x 28 patches
 
     @property
     def hub_url(self) -> str:
@@ -165,6 +169,28 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+def build_encoder(name: str = DEFAULT_ENCODER, **kwargs: Any) -> nn.Module:
+    """The frozen encoder a name stands for: DINOv2 names -> :class:`DinoV2Encoder`, DINOv3 -> ``DinoV3Encoder``.
+
+    Args:
+        name: a DINOv2 (``dinov2reg_vit_base_14``) or DINOv3 (``dinov3_vit_base_16``) name, or their timm names.
+        kwargs: the encoder's constructor arguments (``pretrained``, ``weights``, architecture overrides).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the names of both families.
+    """
+    from anomalib_dinomaly.encoder_dinov3 import DinoV3Encoder, is_dinov3_name, known_dinov3_names
+
+    if is_dinov3_name(name):
+        return DinoV3Encoder(name, **kwargs)
+    try:
+        resolve_variant(name)
+    except ValueError as error:
+        msg = f"{error} DINOv3 encoders: {known_dinov3_names()}."
+        raise ValueError(msg) from None
+    return DinoV2Encoder(name, **kwargs)
+
+
 class DinoV2Encoder(nn.Module):
     """Frozen DINOv2 ViT returning raw block outputs (no final norm), as Dinomaly uses them.
 
@@ -224,6 +250,11 @@ class DinoV2Encoder(nn.Module):
     def embed_dim(self) -> int:
         """Token width D."""
         return self.vit.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        """Side of a patch in pixels (14)."""
+        return self.variant.patch_size
 
     @property
     def num_heads(self) -> int:

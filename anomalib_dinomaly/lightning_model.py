@@ -24,16 +24,19 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator
 from anomalib_dinomaly.data_check import DataCheck
 from anomalib_dinomaly.deploy import DinomalyExportMixin
-from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, DinoV2Encoder
+from anomalib_dinomaly.encoder import DEFAULT_ENCODER, PATCH_SIZE, build_encoder, resolve_variant
+from anomalib_dinomaly.encoder_dinov3 import is_dinov3_name, resolve_dinov3_variant
+from anomalib_dinomaly.layers import ATTENTION_EPS, COMPRESSED_DIM, RECENTERING_EPS, ContextAwareRecentering
 from anomalib_dinomaly.loss import GlobalCosineHardMiningLoss, hard_mining_percent
 from anomalib_dinomaly.metrics import CategoryEvaluator
-from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR
+from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR, trainable_parameter_groups
 from anomalib_dinomaly.post_processor import DinomalyPostProcessor
 from anomalib_dinomaly.rng_state import collect_rng_state, restore_rng_state
-from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel
+from anomalib_dinomaly.torch_model import DEFAULT_GROUPS, DinomalyModel, build_bottleneck, build_decoder
 
 logger = logging.getLogger(__name__)
 
+DINOV2_GEOMETRY = (448, 392)  # the ViT/14 default resize and crop, which a ViT/16 encoder replaces by its own
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LIGHTNING_DEFAULT_EPOCHS = 1000  # what Lightning trains when neither max_epochs nor max_steps is given
@@ -50,6 +53,11 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+def encoder_variant(name: str):  # noqa: ANN201
+    """The DINOv2 or DINOv3 variant a name stands for (patch size, default geometry, layers), without building it."""
+    return resolve_dinov3_variant(name) if is_dinov3_name(name) else resolve_variant(name)
+
+
 class Dinomaly(DinomalyExportMixin, AnomalibModule):
     """Dinomaly: multi-class anomaly detection by loose reconstruction of frozen DINOv2 features.
 
@@ -57,7 +65,8 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     Args:
         encoder_name: DINOv2 variant, e.g. ``dinov2reg_vit_base_14`` (default), ``dinov2reg_vit_small_14``,
-            ``dinov2reg_vit_large_14``, or without registers ``dinov2_vit_base_14``; timm names work too.
+            ``dinov2reg_vit_large_14``, or without registers ``dinov2_vit_base_14``; DINOv3 ``dinov3_vit_small_16``,
+            ``dinov3_vit_base_16``, ``dinov3_vit_large_16``; timm names work too.
         pretrained: download the published DINOv2 weights (Hugging Face hub via timm).
         encoder_weights: local weights file (timm/HF ``.safetensors`` or Meta's ``.pth``); no network needed.
         embed_dim, depth, num_heads, num_register_tokens: override the encoder architecture (tests, other sizes).
@@ -65,10 +74,13 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         fuse_layer_encoder, fuse_layer_decoder: layer groups, ``[[0, 1, 2, 3], [4, 5, 6, 7]]``.
         decoder_depth: linear-attention decoder blocks (8).
         bottleneck_dropout: noisy-bottleneck dropout (0.2; 0.4 for Real-IAD).
-        image_size: resize before cropping (448).
-        crop_size: center crop fed to the model (392); ``None`` for no crop. Multiple of 14.
+        image_size: resize before cropping (448; 512 for a DINOv3 ViT/16 encoder when both sizes are left at
+            their defaults).
+        crop_size: center crop fed to the model (392; 448 for ViT/16); ``None`` for no crop. Multiple of the
+            encoder's patch size (14 or 16).
         lr, final_lr, weight_decay, eps, warmup_steps: StableAdamW and warm-up + cosine schedule
-            (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step.
+            (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step. ``final_lr``
+            ``None``: no decay, constant after the warm-up (Dinomaly2's final ratio 1.0).
         max_grad_norm: gradient-norm clip (0.1), used when the trainer sets none.
         hard_mining_percent, hard_mining_ramp_steps, hard_mining_factor: ``p`` rises linearly to 0.9 over
             1,000 steps; easy points keep 0.1 of their gradient.
@@ -76,6 +88,20 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         eval_size, top_ratio: the score is the mean of the top 1 % of the blurred map at 256 x 256.
         check_data: check every image and mask file of the run's data sets before it starts (see
             :mod:`anomalib_dinomaly.data_check`); ``False`` skips the check.
+        bottleneck_kind: ``"mlp"`` (Dinomaly's two-layer noisy MLP) or ``"compressed"`` (Dinomaly2's three layers,
+            ``D -> compressed_dim -> 4D -> D``).
+        compressed_dim: width of the compressed bottleneck's first layer (256).
+        context_recentering: Dinomaly2's context-aware recentering of the encoder groups (off).
+        recentering_eps: eps of the recentering's affine-free LayerNorm (1e-8).
+        attention_eps: eps of the decoder's linear attention (1e-6; Dinomaly2 1e-8).
+        amsgrad: StableAdamW with AMSGrad (on; Dinomaly2 off).
+        first_layer_lr_ratio: learning rate of the bottleneck's first layer relative to ``lr`` (1; Dinomaly2 0.1).
+        warmup_includes_end: Dinomaly's warm-up, at ``lr`` on its last step (on), or Dinomaly2's, at ``lr`` one
+            step later (off).
+        nonfinite_grads: StableAdamW on a NaN/Inf gradient: ``"ignore"`` (official Dinomaly), ``"skip_step"``,
+            ``"preview"`` (see :class:`~anomalib_dinomaly.optim.StableAdamW`).
+        encoder_rope_rescale: DINOv3 only: Meta's train-mode RoPE coordinate rescale factor (the preview trains
+            with 2 active, as its frozen teacher is in train mode); ``None`` keeps the teacher deterministic.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` for defaults; the
             default evaluator is :class:`~anomalib_dinomaly.metrics.CategoryEvaluator`).
     """
@@ -97,7 +123,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         image_size: int | tuple[int, int] = 448,
         crop_size: int | tuple[int, int] | None = 392,
         lr: float = 2e-3,
-        final_lr: float = 2e-4,
+        final_lr: float | None = 2e-4,
         weight_decay: float = 1e-4,
         eps: float = 1e-10,
         warmup_steps: int = 100,
@@ -113,9 +139,26 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
+        bottleneck_kind: str = "mlp",
+        compressed_dim: int = COMPRESSED_DIM,
+        context_recentering: bool = False,
+        recentering_eps: float = RECENTERING_EPS,
+        attention_eps: float = ATTENTION_EPS,
+        amsgrad: bool = True,
+        first_layer_lr_ratio: float = 1.0,
+        warmup_includes_end: bool = True,
+        nonfinite_grads: str = "ignore",
+        encoder_rope_rescale: float | None = None,
     ) -> None:
+        variant = encoder_variant(encoder_name)
+        if (image_size, crop_size) == DINOV2_GEOMETRY:
+            # Reassigned before AnomalibModule saves the hyper-parameters, so they record the sizes in use.
+            image_size, crop_size = variant.default_image_size, variant.default_crop_size
+        if encoder_rope_rescale is not None and not is_dinov3_name(encoder_name):
+            msg = f"encoder_rope_rescale applies to DINOv3 encoders only, not {encoder_name!r}."
+            raise ValueError(msg)
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size, crop_size)
+            pre_processor = self.configure_pre_processor(image_size, crop_size, patch_size=variant.patch_size)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -125,7 +168,7 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         if not 0.0 <= hard_mining_percent < 1.0:
             msg = f"hard_mining_percent must be in [0, 1), got {hard_mining_percent}."
             raise ValueError(msg)
-        encoder = DinoV2Encoder(
+        encoder = build_encoder(
             encoder_name,
             pretrained=pretrained and encoder_weights is None,
             weights=encoder_weights,
@@ -133,14 +176,17 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
             depth=depth,
             num_heads=num_heads,
             num_register_tokens=num_register_tokens,
+            **({} if encoder_rope_rescale is None else {"rope_rescale_coords": encoder_rope_rescale}),
         )
+        dim = encoder.embed_dim
         self.model = DinomalyModel(
             encoder,
             target_layers=target_layers,
             fuse_layer_encoder=fuse_layer_encoder or DEFAULT_GROUPS,
             fuse_layer_decoder=fuse_layer_decoder or DEFAULT_GROUPS,
-            decoder_depth=decoder_depth,
-            bottleneck_dropout=bottleneck_dropout,
+            bottleneck=build_bottleneck(bottleneck_kind, dim, bottleneck_dropout, compressed_dim=compressed_dim),
+            decoder=build_decoder(dim, encoder.num_heads, decoder_depth, attention_eps=attention_eps),
+            encoder_group_head=ContextAwareRecentering(recentering_eps) if context_recentering else None,
             anomaly_map_generator=AnomalyMapGenerator(eval_size=eval_size, top_ratio=top_ratio),
         )
         self.loss = GlobalCosineHardMiningLoss(factor=hard_mining_factor)
@@ -151,11 +197,13 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         cls,
         image_size: int | tuple[int, int] = 448,
         crop_size: int | tuple[int, int] | None = 392,
+        patch_size: int = PATCH_SIZE,
     ) -> PreProcessor:
         """Resize to ``image_size``, center-crop ``crop_size``, ImageNet normalisation.
 
         Raises:
-            ValueError: if the crop is larger than the image or the model input is not a multiple of 14.
+            ValueError: if the crop is larger than the image or the model input is not a multiple of the
+                encoder's ``patch_size`` (14 for DINOv2, 16 for DINOv3).
         """
         image_size = _pair(image_size)
         transforms: list = [Resize(image_size)]
@@ -166,10 +214,10 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
                 msg = f"crop_size {input_size} is larger than image_size {image_size}."
                 raise ValueError(msg)
             transforms.append(CenterCrop(input_size))
-        if input_size[0] % PATCH_SIZE or input_size[1] % PATCH_SIZE:
+        if input_size[0] % patch_size or input_size[1] % patch_size:
             msg = (
                 f"The model input {input_size} (crop_size, or image_size without a crop) must be a multiple of "
-                f"the patch size {PATCH_SIZE}, e.g. 392 or 448."
+                f"the encoder's patch size {patch_size}, e.g. {28 * patch_size} or {32 * patch_size}."
             )
             raise ValueError(msg)
         transforms.append(Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
@@ -270,22 +318,28 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """StableAdamW on bottleneck and decoder; warm-up + cosine schedule stepped every optimizer step."""
-        params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        hparams = self.hparams
+        groups = trainable_parameter_groups(
+            self.model.bottleneck, self.model.decoder, hparams.lr, hparams.get("first_layer_lr_ratio", 1.0)
+        )
         optimizer = StableAdamW(
-            params,
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
-            eps=self.hparams.eps,
-            amsgrad=True,
+            groups,
+            lr=hparams.lr,
+            weight_decay=hparams.weight_decay,
+            eps=hparams.eps,
+            amsgrad=hparams.get("amsgrad", True),
+            nonfinite_grads=hparams.get("nonfinite_grads", "ignore"),
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not 0 < total_steps < float("inf"):
-            total_steps = self.hparams.default_max_steps
+            total_steps = hparams.default_max_steps
+        final_lr = hparams.lr if hparams.final_lr is None else hparams.final_lr
         scheduler = WarmupCosineLR(
             optimizer,
             total_steps=int(total_steps),
-            warmup_steps=self.hparams.warmup_steps,
-            final_lr_ratio=self.hparams.final_lr / self.hparams.lr,
+            warmup_steps=hparams.warmup_steps,
+            final_lr_ratio=final_lr / hparams.lr,
+            warmup_includes_end=hparams.get("warmup_includes_end", True),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

@@ -1,4 +1,9 @@
-"""DinomalyModel: frozen encoder -> noisy bottleneck -> linear-attention decoder -> fused layer groups."""
+"""DinomalyModel: frozen encoder -> noisy bottleneck -> linear-attention decoder -> fused layer groups.
+
+The model is composed from parts, as the official ``ViTill(encoder, bottleneck, decoder, ...)`` is: an encoder,
+a bottleneck, a decoder, the head that turns each fused encoder group into the features to reconstruct, and the
+anomaly-map generator. :class:`Dinomaly2Model` is the same model built from Dinomaly2's parts.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,70 @@ from torch import nn
 
 from anomalib_dinomaly.anomaly_map import AnomalyMapGenerator, AnomalyMaps
 from anomalib_dinomaly.encoder import DinoV2Encoder
-from anomalib_dinomaly.layers import DecoderBlock, NoisyBottleneck
+from anomalib_dinomaly.layers import (
+    ATTENTION_EPS,
+    COMPRESSED_DIM,
+    DECODER_NORM_EPS,
+    DINOMALY2_ATTENTION_EPS,
+    DINOMALY2_BOTTLENECK_DROPOUT,
+    RECENTERING_EPS,
+    CompressedNoisyBottleneck,
+    ContextAwareRecentering,
+    DecoderBlock,
+    NoisyBottleneck,
+    PatchTokens,
+)
 
 DEFAULT_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6, 7))
+BOTTLENECK_KINDS = ("mlp", "compressed")  # Dinomaly's two-layer MLP, Dinomaly2's three-layer one
+
+
+def build_bottleneck(
+    kind: str,
+    dim: int,
+    dropout: float,
+    mlp_ratio: float = 4.0,
+    compressed_dim: int = COMPRESSED_DIM,
+    hidden_dim: int | None = None,
+) -> nn.Module:
+    """A noisy bottleneck for tokens of width ``dim``: ``"mlp"`` (Dinomaly) or ``"compressed"`` (Dinomaly2).
+
+    The MLP's hidden width is ``hidden_dim``, or ``int(dim * mlp_ratio)`` when not given.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    hidden_dim = hidden_dim or int(dim * mlp_ratio)
+    if kind == "mlp":
+        return NoisyBottleneck(dim, hidden_dim, dropout)
+    if kind == "compressed":
+        return CompressedNoisyBottleneck(dim, compressed_dim, hidden_dim, dropout)
+    msg = f"Unknown bottleneck kind {kind!r}; choose one of {BOTTLENECK_KINDS}."
+    raise ValueError(msg)
+
+
+def build_decoder(
+    dim: int,
+    num_heads: int,
+    depth: int = 8,
+    mlp_ratio: float = 4.0,
+    norm_eps: float = DECODER_NORM_EPS,
+    attention_eps: float = ATTENTION_EPS,
+) -> nn.ModuleList:
+    """``depth`` linear-attention decoder blocks of width ``dim``.
+
+    Raises:
+        ValueError: ``depth`` < 1.
+    """
+    if depth < 1:
+        msg = f"decoder_depth must be at least 1, got {depth}."
+        raise ValueError(msg)
+    return nn.ModuleList(
+        [
+            DecoderBlock(dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps, attention_eps=attention_eps)
+            for _ in range(depth)
+        ],
+    )
 
 
 def validate_groups(groups: Sequence[Sequence[int]], count: int, what: str) -> list[list[int]]:
@@ -59,23 +125,29 @@ def fuse_groups(layers: Sequence[torch.Tensor], groups: Sequence[Sequence[int]])
 
 
 class DinomalyModel(nn.Module):
-    """The Dinomaly network (Guo et al., CVPR 2025).
+    """The Dinomaly network (Guo et al., CVPR 2025), composed from its parts.
 
     Args:
-        encoder: frozen DINOv2 encoder; blocks after the last target layer are dropped.
+        encoder: frozen encoder (DINOv2 or DINOv3); blocks after the last target layer are dropped.
         target_layers: encoder blocks whose outputs are reconstructed (ViT-S/B: 2..9; ViT-L: 4, 6, ..., 18).
         fuse_layer_encoder: groups of indices into ``target_layers``, averaged into the encoder maps.
         fuse_layer_decoder: groups of indices into the decoder outputs, taken in reverse order
             (index 0 = the last decoder block), averaged into the decoder maps.
-        decoder_depth: number of linear-attention decoder blocks (8).
-        bottleneck_dropout: dropout of the noisy bottleneck (0.2; 0.4 for Real-IAD).
+        decoder_depth: number of linear-attention decoder blocks (8), when ``decoder`` is not given.
+        bottleneck_dropout: dropout of the noisy bottleneck (0.2; 0.4 for Real-IAD), when ``bottleneck`` is not given.
         mlp_ratio: hidden width of bottleneck and decoder MLPs relative to D (4).
         anomaly_map_generator: map and score computation; the paper's evaluation by default.
+        bottleneck: the bottleneck, (B, N, D) -> (B, N, D); Dinomaly's :class:`NoisyBottleneck` by default.
+        decoder: the decoder blocks, each (B, N, D) -> (B, N, D); Dinomaly's linear-attention blocks by default.
+        encoder_group_head: turns a fused encoder group (B, prefix + N, D) into the (B, N, D) features to
+            reconstruct, given the number of prefix tokens; :class:`PatchTokens` (Dinomaly) by default,
+            :class:`ContextAwareRecentering` in Dinomaly2.
+        fuse_layer_bottleneck: indices into ``target_layers`` averaged into the bottleneck input; all by default.
     """
 
     def __init__(
         self,
-        encoder: DinoV2Encoder,
+        encoder: nn.Module,
         target_layers: Sequence[int] | None = None,
         fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
         fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
@@ -83,6 +155,10 @@ class DinomalyModel(nn.Module):
         bottleneck_dropout: float = 0.2,
         mlp_ratio: float = 4.0,
         anomaly_map_generator: AnomalyMapGenerator | None = None,
+        bottleneck: nn.Module | None = None,
+        decoder: Sequence[nn.Module] | None = None,
+        encoder_group_head: nn.Module | None = None,
+        fuse_layer_bottleneck: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         target_layers = list(encoder.variant.target_layers if target_layers is None else target_layers)
@@ -92,26 +168,28 @@ class DinomalyModel(nn.Module):
         if target_layers[-1] >= encoder.depth:
             msg = f"target_layers {target_layers} exceed the encoder's {encoder.depth} blocks."
             raise ValueError(msg)
-        if decoder_depth < 1:
-            msg = f"decoder_depth must be at least 1, got {decoder_depth}."
-            raise ValueError(msg)
+        dim = encoder.embed_dim
+        if decoder is None:
+            decoder = build_decoder(dim, encoder.num_heads, decoder_depth, mlp_ratio)
+        self.decoder = decoder if isinstance(decoder, nn.ModuleList) else nn.ModuleList(decoder)
         self.fuse_layer_encoder = validate_groups(fuse_layer_encoder, len(target_layers), "fuse_layer_encoder")
-        self.fuse_layer_decoder = validate_groups(fuse_layer_decoder, decoder_depth, "fuse_layer_decoder")
+        self.fuse_layer_decoder = validate_groups(fuse_layer_decoder, len(self.decoder), "fuse_layer_decoder")
         if len(self.fuse_layer_encoder) != len(self.fuse_layer_decoder):
             msg = (
                 f"fuse_layer_encoder has {len(self.fuse_layer_encoder)} groups but fuse_layer_decoder has "
                 f"{len(self.fuse_layer_decoder)}; each encoder group needs one decoder group."
             )
             raise ValueError(msg)
+        all_layers = list(range(len(target_layers)))
+        self.fuse_layer_bottleneck = validate_groups(
+            [all_layers if fuse_layer_bottleneck is None else fuse_layer_bottleneck], len(target_layers), "fuse_layer_bottleneck"
+        )[0]
         self.target_layers = target_layers
 
         encoder.keep_blocks(target_layers[-1] + 1)
         self.encoder = encoder
-        dim = encoder.embed_dim
-        self.bottleneck = NoisyBottleneck(dim, int(dim * mlp_ratio), bottleneck_dropout)
-        self.decoder = nn.ModuleList(
-            [DecoderBlock(dim, encoder.num_heads, mlp_ratio=mlp_ratio) for _ in range(decoder_depth)],
-        )
+        self.bottleneck = bottleneck or build_bottleneck("mlp", dim, bottleneck_dropout, mlp_ratio)
+        self.encoder_group_head = encoder_group_head or PatchTokens()
         self.anomaly_map_generator = anomaly_map_generator or AnomalyMapGenerator()
         self.init_trainable_weights()
 
@@ -146,10 +224,11 @@ class DinomalyModel(nn.Module):
         """Fused encoder and decoder groups, as the official ``ViTill.forward`` returns them.
 
         Args:
-            images: (B, 3, H, W) normalised images; H and W multiples of 14.
+            images: (B, 3, H, W) normalised images; H and W multiples of the encoder's patch size P.
 
         Returns:
-            ``(encoder_groups, decoder_groups)``: G tensors each, (B, D, H/14, W/14).
+            ``(encoder_groups, decoder_groups)``: G tensors each, (B, D, H/P, W/P); the encoder groups have passed
+            through ``encoder_group_head``.
         """
         images = self.to_three_channels(images)
         check_finite(images)
@@ -158,7 +237,7 @@ class DinomalyModel(nn.Module):
             encoder_layers = self.encoder(images, self.target_layers)
         # stack + mean, not a running sum: about 15 % faster in torch eager here (glibc), as freeing the large
         # stacked buffer raises malloc's mmap threshold, so later activations stop page-faulting.
-        x = self.bottleneck(torch.stack(encoder_layers, dim=1).mean(dim=1))
+        x = self.bottleneck(torch.stack([encoder_layers[i] for i in self.fuse_layer_bottleneck], dim=1).mean(dim=1))
         decoder_layers = []
         for block in self.decoder:
             x = block(x)
@@ -167,13 +246,12 @@ class DinomalyModel(nn.Module):
 
         prefix = self.encoder.num_prefix_tokens
 
-        def to_maps(groups: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [g[:, prefix:].transpose(1, 2).reshape(g.shape[0], -1, height, width) for g in groups]
+        def to_maps(patches: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [g.transpose(1, 2).reshape(g.shape[0], -1, height, width) for g in patches]
 
-        return (
-            to_maps(fuse_groups(encoder_layers, self.fuse_layer_encoder)),
-            to_maps(fuse_groups(decoder_layers, self.fuse_layer_decoder)),
-        )
+        encoder_groups = [self.encoder_group_head(g, prefix) for g in fuse_groups(encoder_layers, self.fuse_layer_encoder)]
+        decoder_groups = [g[:, prefix:] for g in fuse_groups(decoder_layers, self.fuse_layer_decoder)]
+        return to_maps(encoder_groups), to_maps(decoder_groups)
 
     def anomaly_maps(self, images: torch.Tensor) -> AnomalyMaps:
         """Every stage of the anomaly map (see :class:`AnomalyMaps`) for (B, C, H, W) normalised images."""
@@ -195,3 +273,54 @@ class DinomalyModel(nn.Module):
             return encoder_groups, decoder_groups
         anomaly_map, pred_score = self.anomaly_map_generator(encoder_groups, decoder_groups, tuple(images.shape[-2:]))
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+
+
+class Dinomaly2Model(DinomalyModel):
+    """Dinomaly2 ("One Dinomaly2 Detect Them All", Guo et al.): Dinomaly built from Dinomaly2's parts.
+
+    Its defaults are the preview code's (``dinomaly_2D.py``): context-aware recentering of the encoder groups,
+    the three-layer bottleneck with dropout 0.4, linear attention with eps 1e-8. Each can be switched back to
+    Dinomaly's part for ablations.
+
+    Args:
+        encoder, target_layers, fuse_layer_encoder, fuse_layer_decoder, decoder_depth, mlp_ratio,
+            anomaly_map_generator, fuse_layer_bottleneck: as :class:`DinomalyModel`.
+        bottleneck_dropout: dropout after each bottleneck Linear (0.4).
+        bottleneck_kind: ``"compressed"`` (Dinomaly2's three layers) or ``"mlp"`` (Dinomaly's).
+        compressed_dim: width of the compressed bottleneck's first layer (256).
+        context_recentering: recentre and normalise the encoder groups (on); off = Dinomaly's patch tokens.
+        recentering_eps: eps of the recentering's LayerNorm (1e-8).
+        attention_eps: linear-attention eps (1e-8).
+        decoder_norm_eps: decoder LayerNorm eps (1e-8).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        target_layers: Sequence[int] | None = None,
+        fuse_layer_encoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
+        fuse_layer_decoder: Sequence[Sequence[int]] = DEFAULT_GROUPS,
+        decoder_depth: int = 8,
+        bottleneck_dropout: float = DINOMALY2_BOTTLENECK_DROPOUT,
+        mlp_ratio: float = 4.0,
+        anomaly_map_generator: AnomalyMapGenerator | None = None,
+        fuse_layer_bottleneck: Sequence[int] | None = None,
+        bottleneck_kind: str = "compressed",
+        compressed_dim: int = COMPRESSED_DIM,
+        context_recentering: bool = True,
+        recentering_eps: float = RECENTERING_EPS,
+        attention_eps: float = DINOMALY2_ATTENTION_EPS,
+        decoder_norm_eps: float = DECODER_NORM_EPS,
+    ) -> None:
+        dim = encoder.embed_dim
+        super().__init__(
+            encoder,
+            target_layers=target_layers,
+            fuse_layer_encoder=fuse_layer_encoder,
+            fuse_layer_decoder=fuse_layer_decoder,
+            anomaly_map_generator=anomaly_map_generator,
+            bottleneck=build_bottleneck(bottleneck_kind, dim, bottleneck_dropout, mlp_ratio, compressed_dim),
+            decoder=build_decoder(dim, encoder.num_heads, decoder_depth, mlp_ratio, decoder_norm_eps, attention_eps),
+            encoder_group_head=ContextAwareRecentering(recentering_eps) if context_recentering else PatchTokens(),
+            fuse_layer_bottleneck=fuse_layer_bottleneck,
+        )
