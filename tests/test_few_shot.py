@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import Callback
@@ -23,11 +24,12 @@ from torchvision.transforms.v2 import (
     Resize,
 )
 
-from anomalib_dinomaly import Dinomaly
+from anomalib_dinomaly import Dinomaly, Dinomaly2
 from anomalib_dinomaly.data import FewShot, MultiClass, ProductFolder, few_shot_augmentation, select_shots
 from anomalib_dinomaly.metrics import CategoryTable
 from anomalib_dinomaly.separated import train_separated
 from tests.conftest import REPO, TINY_MODEL
+from tests.test_dinomaly2 import TINY_DINOV3_MODEL
 
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -242,3 +244,45 @@ def test_cli_few_shot_config(tmp_path, mvtec_root):
     assert "Few-shot training: bottle keeps 2 of 20 training images (seed 1)" in output
     table = CategoryTable.read_csv(tmp_path / "results/DinomalyPlugin/MVTecAD/unified/v0/per_category_metrics.csv")
     assert table.categories == ["bottle"]
+
+
+@pytest.mark.slow
+def test_dinomaly2_few_shot_from_the_cli_and_with_a_dinov3_encoder(tmp_path, mvtec_root, magnetic_tile_root):
+    """Dinomaly2 with shots: the CLI on both products, and Engine().fit with a patch-16 DINOv3 geometry."""
+    data = {
+        "class_path": "anomalib_dinomaly.data.MultiClass",
+        "init_args": {
+            "datamodules": [
+                {"class_path": "anomalib.data.MVTecAD", "init_args": {"root": str(mvtec_root), "category": "bottle"}},
+                {"class_path": "anomalib_dinomaly.data.ProductFolder", "init_args": {"root": str(magnetic_tile_root)}},
+            ],
+            "train_batch_size": 4,
+            "eval_batch_size": 11,
+            "num_workers": 0,
+        },
+    }
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": data}))
+    tiny = [f"--model.{key}={str(value).lower()}" for key, value in TINY_MODEL.items()]
+    args = [
+        ANOMALIB, "train", "--model", "Dinomaly2", *tiny, "--config", "data.yaml", "--data.shots", "2",
+        "--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--trainer.check_val_every_n_epoch", "null",
+        "--trainer.logger", "false", "--default_root_dir", "results",
+    ]  # fmt: skip
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for category in ("bottle", "magnetic_tile"):
+        assert f"Few-shot training: {category} keeps 2 of 20 training images (seed 1)" in output
+    table = CategoryTable.read_csv(tmp_path / "results/Dinomaly2Plugin/MultiClass/unified/v0/per_category_metrics.csv")
+    assert table.categories == ["bottle", "magnetic_tile"]
+
+    torch.manual_seed(0)
+    model = Dinomaly2(**TINY_DINOV3_MODEL, warmup_steps=1)
+    few = MultiClass(datamodules=[MVTecAD(root=mvtec_root, category="bottle"), ProductFolder(root=magnetic_tile_root)],
+                     train_batch_size=4, eval_batch_size=11, num_workers=0, shots=2)  # fmt: skip
+    record = RecordTrainingBatches()
+    engine = Engine(default_root_dir=tmp_path / "dinov3", max_steps=1, logger=False, callbacks=[record])
+    engine.fit(model=model, datamodule=few)
+    crop = TINY_DINOV3_MODEL["crop_size"]
+    assert record.sizes == {(crop, crop)} and set(record.paths) == set(few.train_data.samples.image_path)
+    assert 0.0 <= engine.test(model=model, datamodule=few)[0]["image_AUROC"] <= 1.0
