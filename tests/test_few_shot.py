@@ -173,12 +173,17 @@ def test_attached_model_augments_training_only(mvtec_root, magnetic_tile_root):
     few = mixed(mvtec_root, magnetic_tile_root, shots=2)
     plain = mixed(mvtec_root, magnetic_tile_root)
     for datamodule in (few, plain):
-        datamodule.trainer = SimpleNamespace(model=model)
+        datamodule.trainer = SimpleNamespace(model=model, lightning_module=model)
         datamodule.setup()
     transform = model.pre_processor.transform
     torch.manual_seed(0)
     train = next(iter(few.train_dataloader()))
     assert train.image.shape[-2:] == (112, 112)  # padded to the resize size, cropped back by the pre-processor
+    margin = (112 - 98) // 2
+    assert train.image[..., :margin, :].abs().max() == 0 and train.image[..., -margin:].abs().max() == 0
+    assert train.image[..., margin:-margin, margin:-margin].abs().amax(dim=(1, 2, 3)).min() > 0
+    assert any(isinstance(step, RandomResizedCrop) for step in few.train_data.augmentations.transforms)
+    assert plain.train_data.augmentations == model.pre_processor.transform.transforms[0]  # anomalib's resize only
     assert transform(train.image).shape[-2:] == (98, 98)
     for subset in ("val_dataloader", "test_dataloader"):
         for few_batch, plain_batch in zip(getattr(few, subset)(), getattr(plain, subset)(), strict=True):
@@ -213,6 +218,7 @@ def test_engine_fit_unified_and_class_separated_with_shots(tmp_path, mvtec_root,
     engine = Engine(default_root_dir=tmp_path, max_steps=2, logger=False, callbacks=[record])
     model = Dinomaly(**TINY_MODEL, warmup_steps=1)
     engine.fit(model=model, datamodule=data)
+    assert any(isinstance(step, RandomResizedCrop) for step in data.train_data.augmentations.transforms)
     chosen = set(data.train_data.samples.image_path)
     assert len(chosen) == 4 and set(record.paths) <= chosen and len(record.paths) == 4
     assert record.sizes == {(98, 98)}

@@ -27,6 +27,7 @@ from anomalib.data import AnomalibDataModule
 from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.data.utils import LabelName
 from anomalib.utils.attrs import get_nested_attr
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import (
     CenterCrop,
     Compose,
@@ -109,7 +110,7 @@ def few_shot_augmentation(model_transform: Transform) -> Compose:
             (a quarter turn would change its shape).
     """
     resizes = extract_transforms_by_type(model_transform, Resize)
-    if not resizes or len(resizes[0].size) != 2:
+    if not resizes or resizes[0].size is None or len(resizes[0].size) != 2:
         msg = (
             "Few-shot augmentation needs the model's pre-processor to Resize to a fixed (height, width), "
             f"got {model_transform}. Use the model's default pre-processor or set shot_augmentation=False."
@@ -149,6 +150,7 @@ class FewShotAugmentationMixin:
 
     shots: int | None
     shot_augmentation: bool
+    _shot_augmentation_missing: bool = False
 
     def _check_shot_arguments(self) -> None:
         check_shots(self.shots)
@@ -163,14 +165,20 @@ class FewShotAugmentationMixin:
         super()._update_augmentations()
         if self.shots is None or not self.shot_augmentation or not hasattr(self, "train_data"):
             return
-        model_transform = get_nested_attr(self, "trainer.model.pre_processor.transform", None)
-        if model_transform is None:
-            logger.info(
-                "Few-shot augmentation is applied when a model with a pre-processor is attached (Engine.fit); "
-                "these training images are not augmented.",
+        # The unwrapped module: under DDP, ``trainer.model`` can be the wrapper.
+        model_transform = get_nested_attr(self, "trainer.lightning_module.pre_processor.transform", None)
+        self._shot_augmentation_missing = model_transform is None
+        if model_transform is not None:
+            self._update_subset_augmentations(self.train_data, few_shot_augmentation(model_transform), model_transform)
+
+    def train_dataloader(self) -> DataLoader:
+        """anomalib's training loader; says so when the few-shot augmentation could not be sized."""
+        if self._shot_augmentation_missing:
+            logger.warning(
+                "The few-shot augmentation takes its sizes from the model's pre-processor, and no model is attached "
+                "(train through Engine.fit): these training images are not augmented.",
             )
-            return
-        self._update_subset_augmentations(self.train_data, few_shot_augmentation(model_transform), model_transform)
+        return super().train_dataloader()
 
 
 class FewShot(FewShotAugmentationMixin, AnomalibDataModule):
@@ -245,7 +253,10 @@ class FewShot(FewShotAugmentationMixin, AnomalibDataModule):
         train_data.samples = select_shots(train_data.samples, self.shots, self.shot_seed, category)
         logger.info(
             "Few-shot training: %s keeps %d of %d training images (seed %d).",
-            *(category, self.shots, available, self.shot_seed),
+            category,
+            self.shots,
+            available,
+            self.shot_seed,
         )
         self.train_data = train_data
         self.test_data = self.datamodule.test_data
