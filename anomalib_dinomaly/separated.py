@@ -9,6 +9,9 @@ One line, with the same kind of config as a unified run::
 
     python -m anomalib_dinomaly.separated --config configs/dinomaly_mvtec_separated.yaml \
         --data.init_args.root ./datasets/MVTecAD
+
+Few-shot: ``--data.init_args.shots 8`` (or a config with ``shots``) trains each category's model on the same
+8 images a unified run with that seed uses (:class:`~anomalib_dinomaly.data.FewShot`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Example (CLI)::
 
     anomalib train --model Dinomaly --data anomalib_dinomaly.data.MultiClass \
         --data.dataset MVTecAD --data.root ./datasets/MVTecAD --data.categories all
+
+Few-shot training (``--data.shots 8``) keeps 8 normal training images per category and augments them as the
+Dinomaly2 preview does (:mod:`anomalib_dinomaly.data.few_shot`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from anomalib.data.utils import TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
 from anomalib_dinomaly.data.dataclasses import CategoryImageBatch, CategoryImageItem
+from anomalib_dinomaly.data.few_shot import DEFAULT_SHOT_SEED, FewShot, FewShotAugmentationMixin
 from anomalib_dinomaly.data.folder import ProductFolder, find_products
 
 __all__ = ["MultiClass", "MultiClassDataset", "UNIFIED"]
@@ -160,7 +164,7 @@ def known_categories(dataset: str) -> tuple[str, ...] | None:
     return tuple(importlib.import_module(module).CATEGORIES) if module else None
 
 
-class MultiClass(AnomalibDataModule):
+class MultiClass(FewShotAugmentationMixin, AnomalibDataModule):
     """Unified multi-class datamodule over anomalib's own datasets.
 
     Give either a benchmark (``dataset`` + ``root`` + ``categories``), or your own per-category
@@ -184,9 +188,17 @@ class MultiClass(AnomalibDataModule):
         val_split_mode, val_split_ratio: validation split of each ``dataset`` category (default: the test set,
             as anomalib's MVTecAD does; the paper has no validation set).
         seed: seed of the random splits.
+        shots: few-shot training: keep this many normal training images per category (``None``: all). Each
+            category is wrapped in :class:`~anomalib_dinomaly.data.FewShot`, so class-separated runs use it too.
+        shot_seed: seed of the few-shot draw (default 1, the Dinomaly2 preview's); per category, the same images
+            for the same seed whatever the other categories, the worker count or the file order.
+        shot_augmentation: with ``shots``, augment the training images as the Dinomaly2 preview's few-shot
+            script does (:func:`~anomalib_dinomaly.data.few_shot_augmentation`); validation and test unchanged.
 
     Raises:
-        ValueError: nothing to load, an unknown dataset or category, or a category given twice.
+        ValueError: nothing to load, an unknown dataset or category, a category given twice, ``shots`` < 1,
+            or ``train_augmentations`` together with the few-shot augmentation. At setup: a category with
+            fewer normal training images than ``shots``.
     """
 
     def __init__(
@@ -208,6 +220,9 @@ class MultiClass(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        shots: int | None = None,
+        shot_seed: int = DEFAULT_SHOT_SEED,
+        shot_augmentation: bool = True,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -223,6 +238,10 @@ class MultiClass(AnomalibDataModule):
             val_split_ratio=val_split_ratio,
             seed=seed,
         )
+        self.shots = shots
+        self.shot_seed = shot_seed
+        self.shot_augmentation = shot_augmentation
+        self._check_shot_arguments()
         if dataset is None and not datamodules:
             msg = "MultiClass needs `dataset` (with `root` and `categories`) or a list of `datamodules`."
             raise ValueError(msg)
@@ -243,10 +262,12 @@ class MultiClass(AnomalibDataModule):
         if repeated:
             msg = f"Categories {repeated} appear more than once; give each datamodule a distinct category/name."
             raise ValueError(msg)
+        kinds = {type(datamodule).__name__ for _, datamodule in children}
+        self._name = kinds.pop() if len(kinds) == 1 else "MultiClass"
+        if shots is not None:
+            children = [(name, FewShot(dm, shots, shot_seed, shot_augmentation)) for name, dm in children]
         self.datamodules: dict[str, AnomalibDataModule] = dict(children)
         self.categories: list[str] = names
-        kinds = {type(datamodule).__name__ for datamodule in self.datamodules.values()}
-        self._name = kinds.pop() if len(kinds) == 1 else "MultiClass"
         self.category = UNIFIED
 
     @staticmethod
