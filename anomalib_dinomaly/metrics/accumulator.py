@@ -69,10 +69,16 @@ class CategoryAccumulator:
         self._region_count += count
         self.has_pixels = True
 
+    def _join(self) -> dict[str, np.ndarray]:
+        """Each field as one array, joined field by field so that only one field is ever held twice."""
+        for name, parts in self._parts.items():
+            if len(parts) != 1:
+                self._parts[name] = [np.concatenate(parts) if parts else np.empty(0)]
+        return {name: parts[0] for name, parts in self._parts.items()}
+
     def state(self) -> dict[str, Any]:
         """The kept data as one array per field (to send to other processes)."""
-        joined = {name: np.concatenate(parts) if parts else np.empty(0) for name, parts in self._parts.items()}
-        return joined | {"region_count": self._region_count, "has_pixels": self.has_pixels, "samples": self.samples}
+        return self._join() | {"region_count": self._region_count, "has_pixels": self.has_pixels, "samples": self.samples}
 
     @classmethod
     def merge(cls, states: Iterable[dict[str, Any]], fpr_limit: float = 0.3) -> CategoryAccumulator:
@@ -89,13 +95,13 @@ class CategoryAccumulator:
 
     def compute(self) -> dict[str, float]:
         """The category's metrics (:data:`REPORTED_METRICS`); NaN where undefined (one class only, no maps)."""
-        state = self.state()
-        self._parts = {name: [state[name]] for name in _FIELDS}  # joined once: the parts are freed
+        state = self._join()
         labels, scores = state["labels"].astype(bool), state["scores"].astype(np.float32)
         row = dict(zip(IMAGE_METRICS, ranking_metrics(np.sort(scores[~labels]), scores[labels]), strict=True))
         if not self.has_pixels:
             return row | dict.fromkeys((*PIXEL_METRICS, EXACT_AUPRO), math.nan)
-        normal = np.sort(state["normal"].astype(np.float32, copy=False))
+        normal = state["normal"].astype(np.float32, copy=False)
+        normal.sort()  # in place: the order of the kept normal values does not matter
         anomalous = state["anomalous"].astype(np.float32, copy=False)
         regions = state["regions"].astype(np.int64, copy=False)
         auroc, ap, f1_max = ranking_metrics(normal, anomalous)

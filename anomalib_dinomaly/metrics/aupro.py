@@ -78,15 +78,18 @@ def official_aupro(
     if not high > low:
         return math.nan
     # As the official code: in the maps' float32, np.arange from the minimum in steps of (max - min) / 200.
-    levels = np.arange(low, high, (high - low) / thresholds)
+    levels = np.arange(low, high, (high - low) / thresholds)  # float64, as there
+    # For float32 values, "value > level" is "value > the largest float32 <= level": search in float32.
+    levels32 = levels.astype(np.float32)
+    levels32 = np.where(levels32 > levels, np.nextafter(levels32, np.float32(-np.inf)), levels32)
     region_count = int(regions.max()) + 1
     # A pixel is above the levels below its value ("> threshold"): count it into the bin of the first
     # level >= its value, then sum the bins from the top.
-    level_index = np.searchsorted(levels, anomalous, side="left")
+    level_index = np.searchsorted(levels32, anomalous, side="left")
     weights = _region_weights(regions, region_count)
     above_counts = np.bincount(level_index, weights=weights, minlength=levels.size + 1)
     pro = np.cumsum(above_counts[::-1])[::-1][1:]  # pro[k]: weighted pixels above levels[k]
-    false_positives = normal_sorted.size - np.searchsorted(normal_sorted, levels, side="right")
+    false_positives = normal_sorted.size - np.searchsorted(normal_sorted, levels32, side="right")
     fpr = false_positives / normal_sorted.size
     kept = fpr < fpr_limit
     if kept.sum() < 2 or not fpr[kept].max() > 0:
@@ -112,9 +115,6 @@ def exact_aupro(normal_sorted: np.ndarray, anomalous: np.ndarray, regions: np.nd
     if normal_count == 0 or anomalous.size == 0:
         return math.nan
     region_count = int(regions.max()) + 1
-    order = np.argsort(anomalous, kind="stable")
-    anomalous_sorted = anomalous[order]
-    weights_from_top = np.concatenate(([0.0], np.cumsum(_region_weights(regions, region_count)[order][::-1])))
 
     # Only the top normal values matter: those whose FPR(> v) is still below the limit.
     needed = min(normal_count, math.floor(fpr_limit * normal_count) + 1)
@@ -125,10 +125,17 @@ def exact_aupro(normal_sorted: np.ndarray, anomalous: np.ndarray, regions: np.nd
     fpr_at_or_above = ends / normal_count
     fpr_above = np.concatenate(([0.0], fpr_at_or_above[:-1]))
 
-    def pro(side: str) -> np.ndarray:
-        return weights_from_top[anomalous.size - np.searchsorted(anomalous_sorted, values, side=side)]
+    # PRO(>= v) and PRO(> v) at each of those values: place every anomalous pixel among the values (few
+    # anomalous pixels searched in the values, not the many values in the pixels) and sum weights from the top.
+    ascending = values[::-1]
+    weights = _region_weights(regions, region_count)
 
-    pro_above, pro_at_or_above = pro("right"), pro("left")
+    def pro(side: str) -> np.ndarray:
+        above = np.searchsorted(ascending, anomalous, side=side)  # the pixel is above ascending[:above]
+        totals = np.bincount(above, weights=weights, minlength=ascending.size + 1)
+        return np.cumsum(totals[::-1])[::-1][1:][::-1]  # per value, descending order
+
+    pro_above, pro_at_or_above = pro("left"), pro("right")
     full = fpr_at_or_above <= fpr_limit
     area = float(np.sum((fpr_at_or_above - fpr_above)[full] * (pro_above + pro_at_or_above)[full] / 2))
     end = fpr_at_or_above[full][-1] if full.any() else 0.0

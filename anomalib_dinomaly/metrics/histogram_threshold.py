@@ -35,11 +35,11 @@ def float_bins(values: torch.Tensor) -> torch.Tensor:
         values: float tensor of any shape (converted to float32).
 
     Returns:
-        int64 tensor of the same shape, in ``[0, BINS)``.
+        int32 tensor of the same shape, in ``[0, BINS)``.
     """
     bits = values.float().contiguous().view(torch.int32)
-    ordered = torch.where(bits < 0, bits ^ _SIGN_FLIP, bits).long() + (1 << 31)  # unsigned, order-preserving
-    return ordered >> DROPPED_BITS
+    ordered = bits ^ ((bits >> 31) & _SIGN_FLIP)  # negative floats' bits reversed: signed order = value order
+    return (ordered >> DROPPED_BITS) + BINS // 2
 
 
 def float_bin_edges(bins: torch.Tensor) -> torch.Tensor:
@@ -51,9 +51,8 @@ def float_bin_edges(bins: torch.Tensor) -> torch.Tensor:
     Returns:
         float32 tensor of the same shape.
     """
-    ordered = (bins.long() << DROPPED_BITS) - (1 << 31)
-    bits = torch.where(ordered < 0, ordered ^ _SIGN_FLIP, ordered).to(torch.int32)
-    return bits.view(torch.float32)
+    ordered = ((bins.long() - BINS // 2) << DROPPED_BITS).to(torch.int32)
+    return (ordered ^ ((ordered >> 31) & _SIGN_FLIP)).view(torch.float32)
 
 
 class _HistogramF1AdaptiveThreshold(Threshold):
@@ -80,8 +79,8 @@ class _HistogramF1AdaptiveThreshold(Threshold):
             target: same number of elements, anomalous where > 0.
         """
         values = preds.detach().reshape(-1)
-        classes = (target.detach().reshape(-1) > 0).long()
-        index = float_bins(values) + classes * BINS
+        index = float_bins(values)
+        index += (target.detach().reshape(-1) > 0).to(torch.int32) << (32 - DROPPED_BITS)  # anomalous: second half
         self.counts += torch.bincount(index, minlength=2 * BINS).view(2, BINS).to(self.counts.device)
         self.low = torch.minimum(self.low, values.min().float())
         self.high = torch.maximum(self.high, values.max().float())
