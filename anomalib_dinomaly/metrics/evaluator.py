@@ -103,7 +103,8 @@ class CategoryEvaluator(Evaluator):
     def _reset(self) -> None:
         self._rows: dict[str, dict[str, float]] = {}
         self._open: dict[str, CategoryAccumulator] = {}  # categories whose samples may still come, in loader order
-        self._repeats = 0  # samples of completed categories seen again (DDP padding)
+        self._left: set[str] = set()  # categories this process has moved on from
+        self._repeats = 0  # samples of those seen again (DDP padding)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Note whether ranks have to pool their categories."""
@@ -134,40 +135,45 @@ class CategoryEvaluator(Evaluator):
         columns = {"scores": batch.pred_score.reshape(-1), "labels": batch.gt_label.reshape(-1)}
         if batch.anomaly_map is not None and batch.gt_mask is not None:
             columns |= self._pixel_columns(batch.anomaly_map, batch.gt_mask)
-        start = 0
+        start, added = 0, set()
         for end in range(1, size + 1):
             if end == size or categories[end] != categories[start]:
-                self._add(categories[start], {key: value[start:end] for key, value in columns.items()})
+                if self._add(categories[start], {key: value[start:end] for key, value in columns.items()}):
+                    added.add(categories[start])
                 start = end
         if self._world_size > 1:
-            self._complete_distributed(set(categories))
+            self._complete_distributed(added)
 
     def _pixel_columns(self, anomaly_map: torch.Tensor, gt_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, S, S) float maps and bool masks at the evaluation size."""
         maps = anomaly_map.reshape(anomaly_map.shape[0], 1, *anomaly_map.shape[-2:]).float()
         masks = gt_mask.reshape(gt_mask.shape[0], 1, *gt_mask.shape[-2:]).float()
-        if self.eval_size is not None:
-            size = (self.eval_size, self.eval_size)
+        size = (self.eval_size, self.eval_size)
+        if self.eval_size is not None and maps.shape[-2:] != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        if self.eval_size is not None and masks.shape[-2:] != size:
             masks = F.interpolate(masks, size=size, mode="nearest")
         return {"maps": maps[:, 0], "masks": masks[:, 0] > 0}
 
-    def _add(self, category: str, columns: dict[str, torch.Tensor]) -> None:
-        if category in self._rows:
-            if self._world_size > 1:  # the sampler's padding: at most world_size - 1 samples
+    def _add(self, category: str, columns: dict[str, torch.Tensor]) -> bool:
+        """Add samples to their open category; ``False`` for the DDP sampler's repeats, which are left out."""
+        if category in self._left or category in self._rows:
+            if self._world_size > 1:  # the sampler's padding: at most world_size - 1 samples in all
                 self._repeats += len(columns["scores"])
                 if self._repeats < self._world_size:
-                    return
+                    return False
             msg = (
                 f"Test samples of category {category!r} are not contiguous; CategoryEvaluator computes a "
                 "category when the loader moves on. Order the test set by category (MultiClass does)."
             )
             raise RuntimeError(msg)
         if category not in self._open:
+            self._left.update(self._open)
             if self._world_size == 1:  # the loader moved on: compute the previous category and free its data
                 self._complete(list(self._open))
             self._open[category] = CategoryAccumulator(self.fpr_limit)
         self._open[category].add(columns["scores"], columns["labels"], columns.get("maps"), columns.get("masks"))
+        return True
 
     def _complete(self, categories: list[str]) -> None:
         """Compute the open ``categories`` of this process and free their data."""
@@ -175,10 +181,10 @@ class CategoryEvaluator(Evaluator):
             self._rows[category] = self._open.pop(category).compute()
 
     def _complete_distributed(self, current: set[str] | None) -> None:
-        """Compute (on rank 0) every category open on some rank that no rank's batch holds; share the rows.
+        """Compute (on rank 0) every category open on some rank that no rank's batch added to; share the rows.
 
-        ``current`` is this rank's batch's categories; ``None`` at the end of the test: all are complete.
-        Every rank calls this after every batch, so the collective calls match.
+        ``current`` is the categories this rank's batch added to; ``None`` at the end of the test: all are
+        complete. Every rank calls this after every batch, so the collective calls match.
         """
         dist = torch.distributed
         views: list[Any] = [None] * dist.get_world_size()
