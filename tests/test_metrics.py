@@ -25,9 +25,9 @@ from anomalib_dinomaly.metrics import (
     paper_metrics,
 )
 from anomalib_dinomaly.metrics.functional import image_metrics, pixel_metrics
-from tests.conftest import REPO
+from tests.conftest import SHARED
 
-GOLDEN = REPO.parent / "shared" / "golden"
+GOLDEN = SHARED / "golden"
 
 
 def reference_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -166,6 +166,8 @@ def test_official_aupro_equals_a_reimplementation_of_the_official_function(kind,
 @pytest.mark.parametrize("golden", ["dinomaly2_a", "dinomaly2_dinov3", "official_a"])
 def test_all_metrics_equal_the_official_evaluation_on_the_golden_bottle_maps(golden):
     """The golden sets hold 256 x 256 blurred maps of shared bottle images and the official functions' values."""
+    if not (GOLDEN / golden / "eval.safetensors").exists():
+        pytest.skip(f"{GOLDEN / golden} is not available")
     tensors = load_file(str(GOLDEN / golden / "eval.safetensors"))
     maps, masks = tensors["anomaly_map_256_smoothed"][:, 0], tensors["gt_256"][:, 0] > 0
     values = paper_metrics(tensors["scores"], tensors["labels"], maps, masks)
