@@ -35,10 +35,20 @@ def _integer(minimum: int, example: str, optional: bool = False) -> Callable[[st
     return check
 
 
-def _number(low: float, high: float, low_closed: bool, high_closed: bool, example: str) -> Callable[[str, Any], None]:
+def _number(
+    low: float,
+    high: float,
+    low_closed: bool,
+    high_closed: bool,
+    example: str,
+    optional: bool = False,
+) -> Callable[[str, Any], None]:
     wanted = f"a number in {'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+    wanted += " or None" if optional else ""
 
     def check(name: str, value: Any) -> None:  # noqa: ANN401
+        if value is None and optional:
+            return
         if not _is_number(value):
             _refuse(name, value, wanted, example)
         above = value >= low if low_closed else value > low
@@ -73,7 +83,7 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "image_size": _size(optional=False, example="448"),
     "crop_size": _size(optional=True, example="392"),
     "lr": _number(0, _INF, False, False, "0.002"),
-    "final_lr": _number(0, _INF, True, False, "0.0002"),
+    "final_lr": _number(0, _INF, True, False, "0.0002", optional=True),
     "weight_decay": _number(0, _INF, True, False, "0.0001"),
     "eps": _number(0, _INF, False, False, "1e-10"),
     "warmup_steps": _integer(0, "100"),
@@ -84,6 +94,11 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "default_max_steps": _integer(1, "10000"),
     "eval_size": _integer(1, "256", optional=True),
     "top_ratio": _number(0, 1, False, True, "0.01"),
+    "compressed_dim": _integer(1, "256"),
+    "recentering_eps": _number(0, _INF, False, False, "1e-8"),
+    "attention_eps": _number(0, _INF, True, False, "1e-8"),
+    "first_layer_lr_ratio": _number(0, _INF, False, False, "0.1"),
+    "encoder_rope_rescale": _number(1, _INF, True, False, "2", optional=True),
 }
 
 

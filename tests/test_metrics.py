@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from anomalib.metrics import AUPRO
+from safetensors.torch import load_file
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from skimage import measure
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 from anomalib_dinomaly.data import CategoryImageBatch
-from anomalib_dinomaly.metrics import PAPER_METRICS, CategoryEvaluator, CategoryTable, apply_thresholds, paper_metrics
+from anomalib_dinomaly.metrics import (
+    EXACT_AUPRO,
+    REPORTED_METRICS,
+    CategoryEvaluator,
+    CategoryTable,
+    apply_thresholds,
+    paper_metrics,
+)
 from anomalib_dinomaly.metrics.functional import image_metrics, pixel_metrics
+from tests.conftest import SHARED
+
+GOLDEN = SHARED / "golden"
 
 
 def reference_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The official F1-max: ``2PR / (P + R + 1e-7)`` over the precision-recall curve without its last point."""
     precision, recall, _ = precision_recall_curve(labels, scores)
-    return float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
+    return float(np.max((2 * precision * recall / (precision + recall + 1e-7))[:-1]))
+
+
+def reference_official_aupro(maps: np.ndarray, masks: np.ndarray) -> float:
+    """The official AUPRO as described (one threshold at a time, scikit-image regions, scikit-learn ``auc``)."""
+    regions = [
+        (image, labelled == region)
+        for image, mask in enumerate(masks)
+        for labelled in [measure.label(mask.astype(int))]
+        for region in range(1, labelled.max() + 1)
+    ]
+    normal = ~masks
+    fprs, pros = [], []
+    low, high = maps.min(), maps.max()
+    for threshold in np.arange(low, high, (high - low) / 200):
+        predicted = maps > threshold
+        pros.append(np.mean([predicted[image][region].sum() / region.sum() for image, region in regions]))
+        fprs.append((predicted & normal).sum() / normal.sum())
+    kept = np.array(fprs) < 0.3
+    fpr = np.array(fprs)[kept]
+    return float(auc(fpr / fpr.max(), np.array(pros)[kept]))
 
 
 def reference_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
@@ -61,9 +96,9 @@ def test_image_metrics_hand_computed():
         ([1, 0, 1, 1, 1, 0, 0], [0.9, 0.05, 0.8, 0.1, 0.1, 0.7, 0.0], 2 / 3),
     ],
 )
-def test_aupro_hand_computed(mask, scores, expected):
+def test_exact_aupro_hand_computed(mask, scores, expected):
     values = pixel_metrics(torch.tensor([[scores]]), torch.tensor([[mask]]))
-    assert values["pixel_AUPRO"] == pytest.approx(expected, abs=1e-6)
+    assert values[EXACT_AUPRO] == pytest.approx(expected, abs=1e-12)
     assert reference_aupro(np.array([[scores]]), np.array([[mask]], dtype=bool), 0.3) == pytest.approx(expected)
 
 
@@ -89,16 +124,66 @@ def test_metrics_match_independent_references():
         "pixel_AUROC": roc_auc_score(flat_masks, flat_maps),
         "pixel_AP": average_precision_score(flat_masks, flat_maps),
         "pixel_F1Max": reference_f1_max(flat_masks, flat_maps),
-        "pixel_AUPRO": reference_aupro(maps.numpy(), masks.numpy(), 0.3),
+        "pixel_AUPRO": reference_official_aupro(maps.numpy(), masks.numpy()),
+        EXACT_AUPRO: reference_aupro(maps.numpy(), masks.numpy(), 0.3),
     }
-    assert set(values) == set(PAPER_METRICS)
-    for metric in PAPER_METRICS:
-        assert values[metric] == pytest.approx(expected[metric], abs=1e-5), metric
+    assert set(values) == set(REPORTED_METRICS)
+    for metric in REPORTED_METRICS:
+        assert values[metric] == pytest.approx(expected[metric], abs=1e-9), metric
+
+
+def anomalib_aupro(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """anomalib's AUPRO (every threshold, float32 sums): the exact AUPRO's definition, for maps too big to brute-force."""
+    metric = AUPRO(fields=["preds", "target"])
+    metric.update(SimpleNamespace(preds=maps.float(), target=masks.to(torch.uint8)))
+    return float(metric.compute())
+
+
+def _synthetic_maps(kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 64, 64) maps and masks: smooth maps with blob defects, or the same quantised to few tied values."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(12, 64, 64, dtype=torch.bool)
+    for image in range(6):  # six anomalous images, one to three regions each
+        for _ in range(1 + image % 3):
+            y, x = torch.randint(4, 52, (2,), generator=generator).tolist()
+            h, w = torch.randint(2, 12, (2,), generator=generator).tolist()
+            masks[image, y : y + h, x : x + w] = True
+    noise = torch.rand(12, 1, 64, 64, generator=generator)
+    maps = torch.nn.functional.avg_pool2d(noise + 1.5 * masks.unsqueeze(1), 7, stride=1, padding=3)[:, 0]
+    if kind == "tied":
+        maps = torch.round(maps * 8) / 8
+    return maps, masks
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("smooth", 0), ("smooth", 1), ("tied", 2)])
+def test_official_aupro_equals_a_reimplementation_of_the_official_function(kind, seed):
+    maps, masks = _synthetic_maps(kind, seed)
+    values = pixel_metrics(maps, masks)
+    assert values["pixel_AUPRO"] == pytest.approx(reference_official_aupro(maps.numpy(), masks.numpy()), abs=1e-9)
+    assert values[EXACT_AUPRO] == pytest.approx(anomalib_aupro(maps, masks), abs=1e-6)
+
+
+@pytest.mark.parametrize("golden", ["dinomaly2_a", "dinomaly2_dinov3", "official_a"])
+def test_all_metrics_equal_the_official_evaluation_on_the_golden_bottle_maps(golden):
+    """The golden sets hold 256 x 256 blurred maps of shared bottle images and the official functions' values."""
+    if not (GOLDEN / golden / "eval.safetensors").exists():
+        pytest.skip(f"{GOLDEN / golden} is not available")
+    tensors = load_file(str(GOLDEN / golden / "eval.safetensors"))
+    maps, masks = tensors["anomaly_map_256_smoothed"][:, 0], tensors["gt_256"][:, 0] > 0
+    values = paper_metrics(tensors["scores"], tensors["labels"], maps, masks)
+    stored = json.loads((GOLDEN / golden / "inputs.json").read_text())["reference_values"]
+    stored = stored["eval_metrics_on_these_3_images"]
+    names = ("auroc_sp", "ap_sp", "f1_sp", "auroc_px", "ap_px", "f1_px", "aupro_px")
+    for metric, name in zip(REPORTED_METRICS, names, strict=False):
+        expected = stored[name] if stored[name] is not None else reference_official_aupro(maps.numpy(), masks.numpy())
+        assert values[metric] == pytest.approx(expected, abs=1e-9), metric
+    assert values["pixel_AUPRO"] == pytest.approx(reference_official_aupro(maps.numpy(), masks.numpy()), abs=1e-9)
+    assert values[EXACT_AUPRO] == pytest.approx(anomalib_aupro(maps, masks), abs=1e-6)
 
 
 def test_undefined_metrics_are_nan():
     values = paper_metrics(torch.tensor([0.1, 0.2]), torch.tensor([0, 0]), torch.rand(2, 4, 4), torch.zeros(2, 4, 4))
-    assert all(math.isnan(values[metric]) for metric in PAPER_METRICS)
+    assert all(math.isnan(values[metric]) for metric in REPORTED_METRICS)
 
 
 class _Recorder:
@@ -148,7 +233,7 @@ def test_evaluator_rows_equal_single_category_evaluation_and_mean_is_unweighted(
     assert table.categories == ["bottle", "tile"]
     for name in sizes:
         assert table.rows[name] == pytest.approx(paper_metrics(*data[name]), nan_ok=False)
-    for metric in PAPER_METRICS:
+    for metric in REPORTED_METRICS:
         assert table.mean[metric] == pytest.approx((table.rows["bottle"][metric] + table.rows["tile"][metric]) / 2)
         assert module.logged[metric] == pytest.approx(table.mean[metric])
         assert module.logged[f"{metric}/tile"] == pytest.approx(table.rows["tile"][metric])

@@ -1,17 +1,18 @@
 """anomalib ``Evaluator`` with the paper's seven metrics per category and their unweighted mean.
 
 At test time every sample is assigned to its category (``batch.category`` from
-:class:`~anomalib_dinomaly.data.MultiClass`, else the datamodule's single category). A category's
-metrics are computed as soon as the test loader moves on to the next category, so only one category's
-maps are held in memory (the unified test loader visits the categories one after another). At the
-end of the test the table is logged (``image_AUROC`` ... as the mean, ``image_AUROC/<category>`` per
-category) and written as ``per_category_metrics.md`` / ``.csv`` into the run's results folder.
+:class:`~anomalib_dinomaly.data.MultiClass`, else the datamodule's single category). Only what the metrics
+need is kept (:class:`~anomalib_dinomaly.metrics.accumulator.CategoryAccumulator`), and only until the
+category is complete: the unified test loader visits the categories one after another, so a category is
+computed as soon as the loader moves on, in one process and under DDP, and memory is bounded by the
+largest category at the evaluation size, not by the test set. At the end of the test the table is logged
+(``image_AUROC`` ... as the mean, ``image_AUROC/<category>`` per category), kept as :attr:`table` and
+written as ``per_category_metrics.md`` / ``.csv`` into the run's results folder.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ from anomalib.metrics import AnomalibMetric, Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_dinomaly.metrics.functional import PAPER_METRICS, paper_metrics
+from anomalib_dinomaly.metrics.accumulator import CategoryAccumulator
+from anomalib_dinomaly.metrics.names import REPORTED_METRICS
 from anomalib_dinomaly.metrics.table import CategoryTable
 
-__all__ = ["CategoryEvaluator", "DEFAULT_CATEGORY"]
+__all__ = ["DEFAULT_CATEGORY", "CategoryEvaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,12 @@ class CategoryEvaluator(Evaluator):
     is increasing, so the ranking metrics are those of the raw scores except where it clips (test scores
     outside the validation range; none with the default validation set = test set).
 
+    Under DDP each rank holds its share of the open categories; when no rank's batch holds a category any
+    more, rank 0 gathers and computes it and every rank gets its row. A ``DistributedSampler`` pads the test
+    set by repeating its first samples at the end: with several categories those repeats arrive after their
+    category is complete and are left out, so the table is the one of a single process (with one category
+    they are counted, as Lightning's own metrics count them).
+
     Args:
         eval_size: side of the square pixel-metric maps (256); ``None`` keeps the maps' own size.
         fpr_limit: AUPRO false-positive-rate limit (0.3).
@@ -66,7 +74,8 @@ class CategoryEvaluator(Evaluator):
         compute_on_cpu: as in anomalib's ``Evaluator`` (applies to ``val_metrics`` / ``test_metrics``).
 
     Attributes:
-        table: the :class:`CategoryTable` of the last test run.
+        table: the :class:`CategoryTable` of the last test run (``table.rows[category][metric]``,
+            ``table.mean[metric]``), set at the end of the test epoch; ``None`` before.
     """
 
     def __init__(
@@ -89,17 +98,19 @@ class CategoryEvaluator(Evaluator):
         self.fpr_limit = fpr_limit
         self.results_stem = results_stem
         self.table: CategoryTable | None = None
-        self._distributed = False
+        self._world_size = 1
         self._reset()
 
     def _reset(self) -> None:
         self._rows: dict[str, dict[str, float]] = {}
-        self._kept: dict[str, dict[str, list[torch.Tensor]]] = {}  # category -> column -> batches not yet computed
+        self._open: dict[str, CategoryAccumulator] = {}  # categories whose samples may still come, in loader order
+        self._left: set[str] = set()  # categories this process has moved on from
+        self._repeats = 0  # samples of those seen again (DDP padding)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Under DDP each rank sees every ``world_size``-th sample: keep all of them, gather at the end."""
+        """Note whether ranks have to pool their categories."""
         del pl_module
-        self._distributed = trainer.world_size > 1
+        self._world_size = trainer.world_size
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start a new table."""
@@ -115,87 +126,96 @@ class CategoryEvaluator(Evaluator):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Add the batch's scores, labels, maps and masks to their categories."""
+        """Add the batch's scores, labels, maps and masks to their categories; compute the completed ones."""
         super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         if batch.gt_label is None or batch.pred_score is None:
             msg = "CategoryEvaluator needs gt_label and pred_score on every test batch."
             raise ValueError(msg)
         categories = batch_categories(trainer, batch)
         size = len(categories)
-        columns = {"score": batch.pred_score.reshape(-1), "label": batch.gt_label.reshape(-1)}
+        columns = {"scores": batch.pred_score.reshape(-1), "labels": batch.gt_label.reshape(-1)}
         if batch.anomaly_map is not None and batch.gt_mask is not None:
             columns |= self._pixel_columns(batch.anomaly_map, batch.gt_mask)
-        start = 0
+        start, added = 0, set()
         for end in range(1, size + 1):
             if end == size or categories[end] != categories[start]:
-                self._add(categories[start], {key: value[start:end] for key, value in columns.items()})
+                if self._add(categories[start], {key: value[start:end] for key, value in columns.items()}):
+                    added.add(categories[start])
                 start = end
+        if self._world_size > 1:
+            self._complete_distributed(added)
 
     def _pixel_columns(self, anomaly_map: torch.Tensor, gt_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, S, S) float maps and bool masks at the evaluation size."""
         maps = anomaly_map.reshape(anomaly_map.shape[0], 1, *anomaly_map.shape[-2:]).float()
         masks = gt_mask.reshape(gt_mask.shape[0], 1, *gt_mask.shape[-2:]).float()
-        if self.eval_size is not None:
-            size = (self.eval_size, self.eval_size)
+        size = (self.eval_size, self.eval_size)
+        if self.eval_size is not None and maps.shape[-2:] != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        if self.eval_size is not None and masks.shape[-2:] != size:
             masks = F.interpolate(masks, size=size, mode="nearest")
-        return {"map": maps[:, 0], "mask": masks[:, 0] > 0}
+        return {"maps": maps[:, 0], "masks": masks[:, 0] > 0}
 
-    def _add(self, category: str, columns: dict[str, torch.Tensor]) -> None:
-        if category not in self._kept:
-            if not self._distributed:  # the loader moved on: compute the previous category and free its data
-                self._compute_kept()
-                if category in self._rows:
-                    msg = (
-                        f"Test samples of category {category!r} are not contiguous; CategoryEvaluator computes a "
-                        "category when the loader moves on. Order the test set by category (MultiClass does)."
-                    )
-                    raise RuntimeError(msg)
-            self._kept[category] = defaultdict(list)
-        for key, value in columns.items():
-            self._kept[category][key].append(value.detach().cpu())
-
-    def _kept_columns(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The kept batches joined: ``{category: {column: tensor}}``."""
-        return {category: {key: torch.cat(values) for key, values in columns.items()} for category, columns in self._kept.items()}
-
-    def _compute(self, data: dict[str, dict[str, torch.Tensor]]) -> None:
-        """The paper's metrics of every category in ``{category: {column: tensor}}``."""
-        for category, columns in data.items():
-            self._rows[category] = paper_metrics(
-                columns["score"], columns["label"], columns.get("map"), columns.get("mask"), fpr_limit=self.fpr_limit
+    def _add(self, category: str, columns: dict[str, torch.Tensor]) -> bool:
+        """Add samples to their open category; ``False`` for the DDP sampler's repeats, which are left out."""
+        if category in self._left or category in self._rows:
+            if self._world_size > 1:  # the sampler's padding: at most world_size - 1 samples in all
+                self._repeats += len(columns["scores"])
+                if self._repeats < self._world_size:
+                    return False
+            msg = (
+                f"Test samples of category {category!r} are not contiguous; CategoryEvaluator computes a "
+                "category when the loader moves on. Order the test set by category (MultiClass does)."
             )
+            raise RuntimeError(msg)
+        if category not in self._open:
+            self._left.update(self._open)
+            if self._world_size == 1:  # the loader moved on: compute the previous category and free its data
+                self._complete(list(self._open))
+            self._open[category] = CategoryAccumulator(self.fpr_limit)
+        self._open[category].add(columns["scores"], columns["labels"], columns.get("maps"), columns.get("masks"))
+        return True
 
-    def _compute_kept(self) -> None:
-        """Compute the kept categories and free their data."""
-        self._compute(self._kept_columns())
-        self._kept.clear()
-
-    def _gather_and_compute(self) -> None:
-        """Compute every category from the samples of all ranks (each rank gets the same table).
-
-        As everywhere in Lightning, a ``DistributedSampler`` pads the test set to a multiple of the world size
-        by repeating samples; those repeats are counted.
-        """
-        gathered: list[dict[str, dict[str, torch.Tensor]] | None] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, self._kept_columns())
-        self._kept.clear()
-        categories = dict.fromkeys(category for part in gathered if part for category in part)  # loader order
-        merged = {}
+    def _complete(self, categories: list[str]) -> None:
+        """Compute the open ``categories`` of this process and free their data."""
         for category in categories:
-            parts = [part[category] for part in gathered if part and category in part]
-            merged[category] = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-        self._compute(merged)
+            self._rows[category] = self._open.pop(category).compute()
+
+    def _complete_distributed(self, current: set[str] | None) -> None:
+        """Compute (on rank 0) every category open on some rank that no rank's batch added to; share the rows.
+
+        ``current`` is the categories this rank's batch added to; ``None`` at the end of the test: all are
+        complete. Every rank calls this after every batch, so the collective calls match.
+        """
+        dist = torch.distributed
+        views: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(views, (list(self._open), sorted(current or ())))
+        still_open = {name for _, batch in views for name in batch} if current is not None else set()
+        finished = [name for opened, _ in views for name in opened if name not in still_open]
+        for category in dict.fromkeys(finished):  # loader order, each once
+            accumulator = self._open.pop(category, None)
+            state = accumulator.state() if accumulator is not None else None
+            del accumulator
+            states: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+            dist.gather_object(state, states, dst=0)
+            row = [None]
+            if states is not None:
+                merged = CategoryAccumulator.merge((part for part in states if part is not None), self.fpr_limit)
+                del states
+                row = [merged.compute()]
+                del merged
+            dist.broadcast_object_list(row, src=0)
+            self._rows[category] = row[0]
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Log the mean and per-category values; write the table into the results folder."""
+        """Log the mean and per-category values; keep the table in :attr:`table`; write it into the results folder."""
         super().on_test_epoch_end(trainer, pl_module)
-        if self._distributed:
-            self._gather_and_compute()
-        self._compute_kept()
+        if self._world_size > 1:
+            self._complete_distributed(None)
+        self._complete(list(self._open))
         self.table = CategoryTable(dict(self._rows))
         mean = self.table.mean
-        for metric in PAPER_METRICS:
+        for metric in REPORTED_METRICS:
             pl_module.log(metric, mean[metric])
             for category, row in self.table.rows.items():
                 pl_module.log(f"{metric}/{category}", row[metric])

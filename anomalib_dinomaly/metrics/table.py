@@ -1,4 +1,7 @@
-"""The per-category results table: one row per category and the unweighted mean, as Markdown and CSV."""
+"""The per-category results table: one row per category and the unweighted mean, as Markdown and CSV.
+
+Columns: the paper's seven metrics (``pixel_AUPRO`` the paper's official AUPRO) and ``pixel_AUPRO_exact``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anomalib_dinomaly.metrics.functional import PAPER_METRICS
+from anomalib_dinomaly.metrics.names import EXACT_AUPRO, PAPER_METRICS, REPORTED_METRICS
 
 __all__ = ["MEAN", "CategoryTable", "PAPER_RESULTS"]
 
@@ -23,6 +26,7 @@ TITLES = {
     "pixel_AP": "P-AP",
     "pixel_F1Max": "P-F1max",
     "pixel_AUPRO": "P-AUPRO",
+    EXACT_AUPRO: "P-AUPRO (every threshold)",
 }
 
 #: The paper's unified-setting means (ViT-B, 448 -> 392), in [0, 1], for side-by-side tables.
@@ -43,7 +47,8 @@ class CategoryTable:
     """Metric values in [0, 1] (NaN where undefined) per category, in insertion order.
 
     Attributes:
-        rows: ``{category: {metric: value}}`` for the metrics in :data:`PAPER_METRICS`.
+        rows: ``{category: {metric: value}}`` for the metrics in :data:`REPORTED_METRICS` (rows without the
+            exact AUPRO, e.g. read from an older CSV, have it as NaN).
     """
 
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -56,7 +61,7 @@ class CategoryTable:
     @property
     def mean(self) -> dict[str, float]:
         """Unweighted mean over categories of each metric (categories where it is undefined are skipped)."""
-        return {metric: _mean(row[metric] for row in self.rows.values()) for metric in PAPER_METRICS}
+        return {metric: _mean(row.get(metric, math.nan) for row in self.rows.values()) for metric in REPORTED_METRICS}
 
     @classmethod
     def merge(cls, tables: Iterable[CategoryTable]) -> CategoryTable:
@@ -76,13 +81,14 @@ class CategoryTable:
 
     def to_markdown(self, reference: Mapping[str, float] | None = None, reference_name: str = "paper") -> str:
         """Markdown table in percent with one decimal, the mean last; ``reference`` adds a row below it."""
-        header = "| category | " + " | ".join(TITLES[metric] for metric in PAPER_METRICS) + " |"
-        lines = [header, "|---" * (len(PAPER_METRICS) + 1) + "|"]
+        header = "| category | " + " | ".join(TITLES[metric] for metric in REPORTED_METRICS) + " |"
+        lines = [header, "|---" * (len(REPORTED_METRICS) + 1) + "|"]
         body = [*self.rows.items(), (f"**{MEAN}**", self.mean)]
         if reference is not None:
             body.append((f"_{reference_name}_", reference))
         for name, row in body:
-            cells = ["—" if math.isnan(row[metric]) else f"{100 * row[metric]:.1f}" for metric in PAPER_METRICS]
+            values = [row.get(metric, math.nan) for metric in REPORTED_METRICS]
+            cells = ["—" if math.isnan(value) else f"{100 * value:.1f}" for value in values]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -91,9 +97,10 @@ class CategoryTable:
         path = Path(path)
         with path.open("w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(["category", *PAPER_METRICS])
+            writer.writerow(["category", *REPORTED_METRICS])
             for name, row in [*self.rows.items(), (MEAN, self.mean)]:
-                writer.writerow([name, *("" if math.isnan(row[m]) else repr(row[m]) for m in PAPER_METRICS)])
+                values = (row.get(metric, math.nan) for metric in REPORTED_METRICS)
+                writer.writerow([name, *("" if math.isnan(value) else repr(value) for value in values)])
         return path
 
     @classmethod
@@ -102,7 +109,7 @@ class CategoryTable:
         with Path(path).open(newline="") as file:
             records = list(csv.DictReader(file))
         return cls({
-            record["category"]: {metric: float(record[metric] or "nan") for metric in PAPER_METRICS}
+            record["category"]: {metric: float(record.get(metric) or "nan") for metric in REPORTED_METRICS}
             for record in records
             if record["category"] != MEAN
         })

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_dinomaly.deploy import Geometry, transform_geometry
 from anomalib_dinomaly.metrics.evaluator import batch_categories
-from anomalib_dinomaly.metrics.thresholds import CategoryThresholds
+from anomalib_dinomaly.metrics.category_thresholds import CategoryThresholds
 from anomalib_dinomaly.report.figures import Marker, histogram_svg, pr_svg, roc_svg
 from anomalib_dinomaly.report.overlay import ColourScale, overlay_thumbnail
 from anomalib_dinomaly.report.page import Gallery, Section, Tile, anchor, metrics_table_html, render_page

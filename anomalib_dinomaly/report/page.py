@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 
-from anomalib_dinomaly.metrics.functional import PAPER_METRICS
+from anomalib_dinomaly.metrics.names import PAPER_METRICS
 from anomalib_dinomaly.metrics.table import MEAN, TITLES
 from anomalib_dinomaly.report.overlay import JET_CSS, ColourScale
 from anomalib_dinomaly.report.run_info import PAPER_SOURCE, PaperComparison, RunInfo
