@@ -25,7 +25,8 @@ from torchmetrics.functional.classification import binary_auroc
 from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.deploy import Geometry, crop_box
 from anomalib_dinomaly.encoder import DinoV2Encoder
-from anomalib_dinomaly.metrics import PAPER_METRICS, PAPER_RESULTS
+from anomalib_dinomaly.metrics import EXACT_AUPRO, PAPER_METRICS, PAPER_RESULTS
+from anomalib_dinomaly.metrics.table import TITLES
 from anomalib_dinomaly.report import TestReport, write_folder_report
 from anomalib_dinomaly.report.collector import Example, TopK
 from anomalib_dinomaly.report.figures import Marker, histogram_svg, pr_curve, roc_curve, roc_svg
@@ -133,12 +134,12 @@ def test_overlay_is_aligned_through_the_center_crop_on_a_fixed_scale(tmp_path):
 
 
 def test_table_has_extra_columns_and_compares_with_the_paper_only_in_its_setting():
-    rows = {name: {**dict.fromkeys(PAPER_METRICS, 0.99), "pixel_AUPRO_exact": 0.9} for name in MVTEC_CATEGORIES}
+    rows = {name: {**dict.fromkeys(PAPER_METRICS, 0.99), EXACT_AUPRO: 0.9, "extra_metric": 0.5} for name in MVTEC_CATEGORIES}
     rows["bottle"]["image_AUROC"] = math.nan
     same = paper_comparison("MVTecAD", list(rows), MVTEC_CATEGORIES, unified=True, encoder_name="dinov2reg_vit_base_14")
     assert same.comparable
     html = metrics_table_html(rows, same)
-    assert "pixel_AUPRO_exact" in html and "<td>90.0</td>" in html and "—" in html
+    assert TITLES[EXACT_AUPRO] in html and "extra_metric" in html and "<td>90.0</td>" in html and "—" in html
     paper = PAPER_RESULTS["MVTecAD"]
     for metric in PAPER_METRICS:
         assert f"<td>{100 * paper[metric]:.1f}</td>" in html
