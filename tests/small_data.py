@@ -1,4 +1,5 @@
-"""Small, fast copies of the shared MVTec-AD ``bottle`` images for end-to-end tests (written to pytest tmp dirs)."""
+"""Small test data for end-to-end tests: fast copies of the shared MVTec-AD ``bottle`` images (written to pytest
+tmp dirs) and the CLI data section over the shared products."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ def make_small_bottle(
             with Image.open(bottle / name) as image:
                 image.resize((size, size), resample).save(target)
     return destination
+
+
+def multiclass_data_config(mvtec_root: Path, magnetic_tile_root: Path) -> dict:
+    """CLI ``data`` section: MultiClass over the MVTec-AD bottle and the magnetic-tile product folder."""
+    return {
+        "class_path": "anomalib_dinomaly.data.MultiClass",
+        "init_args": {
+            "train_batch_size": 8,
+            "eval_batch_size": 8,
+            "num_workers": 0,
+            "datamodules": [
+                {"class_path": "anomalib.data.MVTecAD", "init_args": {"root": str(mvtec_root), "category": "bottle"}},
+                {"class_path": "anomalib_dinomaly.data.ProductFolder", "init_args": {"root": str(magnetic_tile_root)}},
+            ],
+        },
+    }

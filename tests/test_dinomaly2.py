@@ -15,6 +15,7 @@ from anomalib_dinomaly import Dinomaly, Dinomaly2
 from anomalib_dinomaly.layers import CompressedNoisyBottleneck, ContextAwareRecentering, NoisyBottleneck, PatchTokens
 from anomalib_dinomaly.optim import StableAdamW, WarmupCosineLR, trainable_parameter_groups
 from tests.conftest import TINY_ENCODER, TINY_MODEL
+from tests.small_data import multiclass_data_config
 
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 #: A small random DINOv3 (head width 16, a multiple of 4 for 2D RoPE) on 128 -> 112 px (7 x 16 patches).
@@ -119,25 +120,10 @@ def _run(args, cwd):
     return result.stdout + result.stderr
 
 
-def _multiclass_data(mvtec_root, magnetic_tile_root) -> dict:
-    return {
-        "class_path": "anomalib_dinomaly.data.MultiClass",
-        "init_args": {
-            "train_batch_size": 8,
-            "eval_batch_size": 8,
-            "num_workers": 0,
-            "datamodules": [
-                {"class_path": "anomalib.data.MVTecAD", "init_args": {"root": str(mvtec_root), "category": "bottle"}},
-                {"class_path": "anomalib_dinomaly.data.ProductFolder", "init_args": {"root": str(magnetic_tile_root)}},
-            ],
-        },
-    }
-
-
 @pytest.mark.slow
 def test_cli_trains_dinomaly2_on_two_products(tmp_path, mvtec_root, magnetic_tile_root):
     config = {
-        "data": _multiclass_data(mvtec_root, magnetic_tile_root),
+        "data": multiclass_data_config(mvtec_root, magnetic_tile_root),
         "trainer": {"max_steps": 2, "val_check_interval": 2, "check_val_every_n_epoch": None, "logger": False},
         "default_root_dir": "results",
     }

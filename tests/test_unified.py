@@ -21,6 +21,7 @@ from anomalib_dinomaly.data import MultiClass, ProductFolder
 from anomalib_dinomaly.metrics import REPORTED_METRICS, CategoryTable, CategoryThresholds
 from anomalib_dinomaly.separated import main as separated_main
 from tests.conftest import REPO, TINY_MODEL
+from tests.small_data import multiclass_data_config
 
 pytestmark = pytest.mark.slow
 
@@ -124,18 +125,7 @@ def test_per_category_thresholds_label_post_processed_outputs(unified, mvtec_roo
 def write_config(path: Path, mvtec_root: Path, magnetic_tile_root: Path) -> Path:
     config = {
         "model": {"class_path": "Dinomaly", "init_args": TINY_MODEL},
-        "data": {
-            "class_path": "anomalib_dinomaly.data.MultiClass",
-            "init_args": {
-                "train_batch_size": 8,
-                "eval_batch_size": 8,
-                "num_workers": 0,
-                "datamodules": [
-                    {"class_path": "anomalib.data.MVTecAD", "init_args": {"root": str(mvtec_root), "category": "bottle"}},
-                    {"class_path": "anomalib_dinomaly.data.ProductFolder", "init_args": {"root": str(magnetic_tile_root)}},
-                ],
-            },
-        },
+        "data": multiclass_data_config(mvtec_root, magnetic_tile_root),
         "trainer": {"max_steps": 2, "val_check_interval": 2, "check_val_every_n_epoch": None, "logger": False},
         "default_root_dir": "results",
     }
