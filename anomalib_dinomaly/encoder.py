@@ -236,7 +236,60 @@ def build_encoder(name: str = DEFAULT_ENCODER, **kwargs: Any) -> nn.Module:
     return DinoV2Encoder(name, **kwargs)
 
 
-class DinoV2Encoder(nn.Module):
+#: How to get encoder weights without internet access; the last lines of a failed download's error.
+WEIGHTS_DOWNLOAD_HINT = (
+    "  Download either file on a machine with internet access, copy it here and pass it as "
+    "`encoder_weights=/path/to/file` (CLI: --model.encoder_weights /path/to/file), "
+    "or set HF_HOME to a Hugging Face cache that already holds it.\n"
+    "  For a smoke test without weights, pass pretrained=False (random encoder: useless results)."
+)
+
+
+class FrozenViTEncoder(nn.Module):
+    """What the DINOv2 and DINOv3 encoders share: the architecture read from the timm ViT ``self.vit``.
+
+    Subclasses set ``self.variant`` (with ``patch_size``) and ``self.vit``, and drop blocks in
+    :meth:`_drop_blocks_after`; token preparation, RoPE or position embeddings and weight loading are theirs.
+    """
+
+    @property
+    def embed_dim(self) -> int:
+        """Token width D."""
+        return self.vit.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        """Side of a patch in pixels (14 for DINOv2, 16 for DINOv3)."""
+        return self.variant.patch_size
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per block."""
+        return self.vit.blocks[0].attn.num_heads
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register (DINOv3: storage) tokens in front of the patch tokens."""
+        return self.vit.num_prefix_tokens
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks kept (the encoder never runs past the last target layer)."""
+        return len(self.vit.blocks)
+
+    def keep_blocks(self, count: int) -> None:
+        """Drop the blocks after the first ``count`` and the final norm: Dinomaly never runs them."""
+        if not 0 < count <= len(self.vit.blocks):
+            msg = f"Cannot keep {count} blocks of an encoder with {len(self.vit.blocks)} blocks."
+            raise ValueError(msg)
+        self._drop_blocks_after(count)
+
+    def _drop_blocks_after(self, count: int) -> None:
+        """Keep the first ``count`` blocks of ``self.vit`` and replace its final norm (count already checked)."""
+        raise NotImplementedError
+
+
+class DinoV2Encoder(FrozenViTEncoder):
     """Frozen DINOv2 ViT returning raw block outputs (no final norm), as Dinomaly uses them.
 
     Args:
@@ -292,40 +345,11 @@ class DinoV2Encoder(nn.Module):
         self.requires_grad_(False)
 
     @property
-    def embed_dim(self) -> int:
-        """Token width D."""
-        return self.vit.embed_dim
-
-    @property
-    def patch_size(self) -> int:
-        """Side of a patch in pixels."""
-        return self.variant.patch_size
-
-    @property
-    def num_heads(self) -> int:
-        """Attention heads per block."""
-        return self.vit.blocks[0].attn.num_heads
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        """CLS plus register tokens in front of the patch tokens."""
-        return self.vit.num_prefix_tokens
-
-    @property
     def num_register_tokens(self) -> int:
         """Register tokens (0 or 4 for the published models)."""
         return self.vit.num_reg_tokens
 
-    @property
-    def depth(self) -> int:
-        """Number of blocks kept (the encoder never runs past the last target layer)."""
-        return len(self.vit.blocks)
-
-    def keep_blocks(self, count: int) -> None:
-        """Drop the blocks after the first ``count`` and the final norm: Dinomaly never runs them."""
-        if not 0 < count <= len(self.vit.blocks):
-            msg = f"Cannot keep {count} blocks of an encoder with {len(self.vit.blocks)} blocks."
-            raise ValueError(msg)
+    def _drop_blocks_after(self, count: int) -> None:
         self.vit.prune_intermediate_layers(indices=[count - 1], prune_norm=True)
 
     def load_pretrained(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -366,10 +390,7 @@ class DinoV2Encoder(nn.Module):
                 f"({type(error).__name__}: {str(error)[:200]}).\n"
                 f"  They come from the Hugging Face hub ({variant.hub_url}, file model.safetensors) "
                 f"or from Meta ({variant.meta_url}).\n"
-                "  Download either file on a machine with internet access, copy it here and pass it as "
-                "`encoder_weights=/path/to/file` (CLI: --model.encoder_weights /path/to/file), "
-                "or set HF_HOME to a Hugging Face cache that already holds it.\n"
-                "  For a smoke test without weights, pass pretrained=False (random encoder: useless results)."
+                f"{WEIGHTS_DOWNLOAD_HINT}"
             )
             raise PretrainedWeightsError(msg) from error
         self.load_pretrained(reference.state_dict(), source=variant.hub_url)

@@ -27,7 +27,12 @@ import torch
 from timm.models.eva import Eva
 from torch import nn
 
-from anomalib_dinomaly.encoder import PretrainedWeightsError, load_weights_file
+from anomalib_dinomaly.encoder import (
+    WEIGHTS_DOWNLOAD_HINT,
+    FrozenViTEncoder,
+    PretrainedWeightsError,
+    load_weights_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +182,7 @@ def convert_dinov3_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[st
     return converted
 
 
-class DinoV3Encoder(nn.Module):
+class DinoV3Encoder(FrozenViTEncoder):
     """Frozen DINOv3 ViT/16 returning raw block outputs (no final norm), as Dinomaly and Dinomaly2 use them.
 
     Tokens are ``[CLS, storage tokens, patches]``; position enters only through RoPE on the patch tokens.
@@ -250,40 +255,11 @@ class DinoV3Encoder(nn.Module):
         return self
 
     @property
-    def patch_size(self) -> int:
-        """Side of a patch in pixels (16)."""
-        return self.variant.patch_size
-
-    @property
-    def embed_dim(self) -> int:
-        """Token width D."""
-        return self.vit.embed_dim
-
-    @property
-    def num_heads(self) -> int:
-        """Attention heads per block."""
-        return self.vit.blocks[0].attn.num_heads
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        """CLS plus storage tokens in front of the patch tokens."""
-        return self.vit.num_prefix_tokens
-
-    @property
     def num_register_tokens(self) -> int:
         """Storage (register) tokens: 4 for the published models."""
         return self.vit.num_prefix_tokens - 1
 
-    @property
-    def depth(self) -> int:
-        """Number of blocks kept (the encoder never runs past the last target layer)."""
-        return len(self.vit.blocks)
-
-    def keep_blocks(self, count: int) -> None:
-        """Drop the blocks after the first ``count`` and the final norm: Dinomaly never runs them."""
-        if not 0 < count <= len(self.vit.blocks):
-            msg = f"Cannot keep {count} blocks of an encoder with {len(self.vit.blocks)} blocks."
-            raise ValueError(msg)
+    def _drop_blocks_after(self, count: int) -> None:
         self.vit.blocks = self.vit.blocks[:count]
         self.vit.norm = nn.Identity()
 
@@ -334,10 +310,7 @@ class DinoV3Encoder(nn.Module):
                 f"file model.safetensors) or from Meta (file {variant.meta_checkpoint}). Meta's downloads are "
                 f"gated: accept Meta's DINOv3 licence on {META_DOWNLOAD_PAGE} to get the links. The weights are "
                 f"under the DINOv3 licence ({LICENCE_URL}), not Apache-2.0.\n"
-                "  Download either file on a machine with internet access, copy it here and pass it as "
-                "`encoder_weights=/path/to/file` (CLI: --model.encoder_weights /path/to/file), "
-                "or set HF_HOME to a Hugging Face cache that already holds it.\n"
-                "  For a smoke test without weights, pass pretrained=False (random encoder: useless results)."
+                f"{WEIGHTS_DOWNLOAD_HINT}"
             )
             raise PretrainedWeightsError(msg) from error
         self.load_pretrained(reference.state_dict(), source=variant.hub_url)
