@@ -284,6 +284,15 @@ class FrozenViTEncoder(nn.Module):
             raise ValueError(msg)
         self._drop_blocks_after(count)
 
+    def _prepend_prefix_tokens(self, cls_token: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """``[CLS, registers, patches]``: (1, 1, D) and (B, h*w, D) -> (B, 1 + R + h*w, D)."""
+        batch = patches.shape[0]
+        tokens = [cls_token.expand(batch, -1, -1)]
+        if self.vit.reg_token is not None:
+            tokens.append(self.vit.reg_token.expand(batch, -1, -1))
+        tokens.append(patches)
+        return torch.cat(tokens, dim=1)
+
     def _drop_blocks_after(self, count: int) -> None:
         """Keep the first ``count`` blocks of ``self.vit`` and replace its final norm (count already checked)."""
         raise NotImplementedError
@@ -424,12 +433,7 @@ class DinoV2Encoder(FrozenViTEncoder):
             cls_token = cls_token + pos_embed[:, :1]
             pos_embed = pos_embed[:, 1:]
         pos = interpolate_pos_embed(pos_embed, (self.pos_grid, self.pos_grid), grid, self.interpolate_offset)
-        batch = images.shape[0]
-        tokens = [cls_token.expand(batch, -1, -1)]
-        if self.vit.reg_token is not None:
-            tokens.append(self.vit.reg_token.expand(batch, -1, -1))
-        tokens.append(patches + pos)
-        return torch.cat(tokens, dim=1)
+        return self._prepend_prefix_tokens(cls_token, patches + pos)
 
     def forward(self, images: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
         """Raw outputs of the requested blocks.

@@ -338,12 +338,7 @@ class DinoV3Encoder(FrozenViTEncoder):
         """
         self.patch_grid(images)
         patches = self.vit.patch_embed(images).flatten(1, 2)  # (B, h*w, D): timm returns NHWC here
-        batch = images.shape[0]
-        tokens = [self.vit.cls_token.expand(batch, -1, -1)]
-        if self.vit.reg_token is not None:
-            tokens.append(self.vit.reg_token.expand(batch, -1, -1))
-        tokens.append(patches)
-        return torch.cat(tokens, dim=1)
+        return self._prepend_prefix_tokens(self.vit.cls_token, patches)
 
     def rope_table(self, grid: tuple[int, int]) -> torch.Tensor:
         """RoPE table of a patch grid: (h*w, 2 * head_dim) = [sin | cos], rotate-half layout, as Meta computes it.
