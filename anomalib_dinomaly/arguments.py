@@ -59,11 +59,12 @@ def _number(
     return check
 
 
-def _size(optional: bool, example: str) -> Callable[[str, Any], None]:
-    wanted = "a positive integer or (height, width) of positive integers" + (" or None" if optional else "")
+def _size(example: str, keyword: str | None = None) -> Callable[[str, Any], None]:
+    wanted = "a positive integer or (height, width) of positive integers" + (f", {keyword!r}" if keyword else "")
+    wanted += " or None"
 
     def check(name: str, value: Any) -> None:  # noqa: ANN401
-        if value is None and optional:
+        if value is None or (keyword is not None and value == keyword):
             return
         parts = list(value) if isinstance(value, list | tuple) else [value]
         if len(parts) not in {1, 2} or not all(_is_int(part) and part > 0 for part in parts):
@@ -80,8 +81,8 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "num_register_tokens": _integer(0, "4", optional=True),
     "decoder_depth": _integer(1, "8"),
     "bottleneck_dropout": _number(0, 1, True, False, "0.2"),
-    "image_size": _size(optional=False, example="448"),
-    "crop_size": _size(optional=True, example="392"),
+    "image_size": _size(example="448"),
+    "crop_size": _size(example="392", keyword="default"),
     "lr": _number(0, _INF, False, False, "0.002"),
     "final_lr": _number(0, _INF, True, False, "0.0002", optional=True),
     "weight_decay": _number(0, _INF, True, False, "0.0001"),

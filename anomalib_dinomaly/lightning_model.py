@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from anomalib import LearningType
@@ -85,6 +85,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_STEPS = 10_000  # the paper's unified training length, used when the trainer sets none
 DEFAULT_MAX_GRAD_NORM = 0.1
+# crop_size's default; ``None`` already means no crop, so "the encoder's default crop" needs its own value.
+ENCODER_DEFAULT_CROP = "default"
 RNG_STATE_KEY = "dinomaly_rng_state"
 
 
@@ -123,10 +125,12 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         fuse_layer_encoder, fuse_layer_decoder: layer groups, ``[[0, 1, 2, 3], [4, 5, 6, 7]]``.
         decoder_depth: linear-attention decoder blocks (8).
         bottleneck_dropout: noisy-bottleneck dropout (0.2; 0.4 for Real-IAD).
-        image_size: resize before cropping (448; 512 for a DINOv3 ViT/16 encoder when both sizes are left at
-            their defaults).
-        crop_size: center crop fed to the model (392; 448 for ViT/16); ``None`` for no crop. Multiple of the
-            encoder's patch size (14 or 16).
+        image_size: resize before cropping; ``None``: the encoder's default (448 for DINOv2 ViT/14, 512 for
+            DINOv3 ViT/16).
+        crop_size: center crop fed to the model, a multiple of the encoder's patch size (14 or 16);
+            ``"default"``: the encoder's default (392 for ViT/14, 448 for ViT/16; both a 28 x 28 grid);
+            ``None``: no crop. Each size resolves on its own, so ``image_size=448`` with a ViT/16 encoder means
+            448 (cropped to 448), never the encoder's 512.
         lr, final_lr, weight_decay, eps, warmup_steps: StableAdamW and warm-up + cosine schedule
             (2e-3 -> 2e-4, wd 1e-4, eps 1e-10, 100 warm-up steps), stepped every optimizer step. ``final_lr``
             ``None``: no decay, constant after the warm-up (Dinomaly2's final ratio 1.0).
@@ -172,8 +176,8 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
         fuse_layer_decoder: list[list[int]] | None = None,
         decoder_depth: int = DEFAULT_DECODER_DEPTH,
         bottleneck_dropout: float = DEFAULT_BOTTLENECK_DROPOUT,
-        image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
-        crop_size: int | tuple[int, int] | None = DEFAULT_CROP_SIZE,
+        image_size: int | tuple[int, int] | None = None,
+        crop_size: int | tuple[int, int] | Literal["default"] | None = ENCODER_DEFAULT_CROP,
         lr: float = DEFAULT_LR,
         final_lr: float | None = DEFAULT_LR * DEFAULT_FINAL_LR_RATIO,
         weight_decay: float = DEFAULT_WEIGHT_DECAY,
@@ -204,9 +208,11 @@ class Dinomaly(DinomalyExportMixin, AnomalibModule):
     ) -> None:
         check_arguments(locals())
         variant = encoder_variant(encoder_name)
-        if (image_size, crop_size) == (DEFAULT_IMAGE_SIZE, DEFAULT_CROP_SIZE):
-            # Reassigned before AnomalibModule saves the hyper-parameters, so they record the sizes in use.
-            image_size, crop_size = variant.default_image_size, variant.default_crop_size
+        # Resolved before AnomalibModule saves the hyper-parameters, so they record the sizes in use.
+        if image_size is None:
+            image_size = variant.default_image_size
+        if crop_size == ENCODER_DEFAULT_CROP:
+            crop_size = variant.default_crop_size
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size, crop_size, patch_size=variant.patch_size)
         super().__init__(

@@ -91,6 +91,16 @@ def test_dinov3_names_take_the_patch16_geometry():
     assert (explicit.hparams.image_size, explicit.hparams.crop_size) == (128, 112)
     with pytest.raises(ValueError, match="patch size 16"):
         Dinomaly2(encoder_name="dinov3_vit_small_16", **TINY_ENCODER, image_size=448, crop_size=420)
+    # Each size falls back to the encoder's default on its own: a given 448 stays 448, even the ViT/14 default.
+    resized = Dinomaly2(encoder_name="dinov3_vit_small_16", **TINY_ENCODER, image_size=448)
+    assert (resized.hparams.image_size, resized.hparams.crop_size) == (448, 448)
+    cropped = Dinomaly(encoder_name="dinov3_vit_small_16", **TINY_ENCODER, crop_size=384)
+    assert (cropped.hparams.image_size, cropped.hparams.crop_size) == (512, 384)
+    uncropped = Dinomaly2(encoder_name="dinov3_vit_small_16", **TINY_ENCODER, image_size=448, crop_size=None)
+    assert (uncropped.hparams.image_size, uncropped.hparams.crop_size) == (448, None)
+    with pytest.raises(ValueError, match="patch size 16"):
+        Dinomaly(encoder_name="dinov3_vit_small_16", **TINY_ENCODER, image_size=448, crop_size=392)
+    assert (Dinomaly(**TINY_ENCODER).hparams.image_size, Dinomaly(**TINY_ENCODER).hparams.crop_size) == (448, 392)
     # The preview's train-mode RoPE rescale of the DINOv3 teacher is on by default in Dinomaly2, off in Dinomaly.
     assert Dinomaly2(**TINY_DINOV3_MODEL).model.encoder.rope_rescale_coords == 2.0
     assert explicit.model.encoder.rope_rescale_coords is None
