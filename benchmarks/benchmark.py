@@ -512,7 +512,9 @@ class Driver:
                 rounds[impl].append(self.call(kind, impl, comparison, count_flops=round_index == 0))
         return {impl: {"rounds": rounds[impl]} for impl in IMPLS}
 
-    def openvino(self, comparison: str, xmls: dict[str, str | None], errors: dict[str, str], **extra: Any) -> dict[str, Any]:  # noqa: ANN401, E501
+    def openvino(
+        self, comparison: str, xmls: dict[str, str | None], errors: dict[str, str], **extra: Any  # noqa: ANN401
+    ) -> dict[str, Any]:
         """Both models' IRs timed in alternation in one process; a model without an IR gets its export error."""
         available = {impl: xml for impl, xml in xmls.items() if xml}
         result = {}
@@ -665,7 +667,9 @@ def report(results: dict[str, Any]) -> str:
         "the per-round ours / built-in ratios, spread = their min - max.",
         "",
     ]
-    header = f"| measurement | ours | built-in | ours / built-in (median of {rounds} paired rounds) | spread (min - max) |"
+    header = (
+        f"| measurement | ours | built-in | ours / built-in (median of {rounds} paired rounds) | spread (min - max) |"
+    )
     for name, block in results["comparisons"].items():
         lines += [f"### {name}: {block['title']}", "", header, "|---|---|---|---|---|"]
         for title, section, key in PAIRED_ROWS:
@@ -746,7 +750,9 @@ def dinomaly2_cost(comparisons: dict[str, Any]) -> list[str]:
         "NOT paired: medians of two comparisons run minutes apart, so machine drift is not cancelled):",
     ]
     for label, section in (("torch eager images/s", "torch"), ("training images/s", "train")):
-        two, one = (median(per_round(comparisons[name], section, "ours", "images_per_s")) for name in ("d2-dinov2", "vitb"))
+        two, one = (
+            median(per_round(comparisons[name], section, "ours", "images_per_s")) for name in ("d2-dinov2", "vitb")
+        )
         value = f"{two / one:.2f}" if isinstance(two, float) and isinstance(one, float) else "not measured"
         lines.append(f"- {label}: {value}")
     return [*lines, ""]
@@ -758,17 +764,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: vits, d2-dinov2, d2-dinov3 at a 7 x 7 patch grid, 2 rounds"
     )
     parser.add_argument(
-        "--comparisons", nargs="+", choices=sorted(COMPARISONS), help="default: all four (quick: vits d2-dinov2 d2-dinov3)"
+        "--comparisons",
+        nargs="+",
+        choices=sorted(COMPARISONS),
+        help="default: all four (quick: vits d2-dinov2 d2-dinov3)",
     )
     parser.add_argument("--rounds", type=int, help="paired rounds per measurement (default 3; quick 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch and OpenVINO")
     parser.add_argument("--mvtec-root", type=Path, default=DEFAULT_MVTEC, help="MVTec-AD root (bottle is used)")
     parser.add_argument("--output", type=Path, help="folder for results.json and results.md")
-    parser.add_argument("--image-size", type=int, help="resize before the crop, for every comparison (default: each own)")
+    parser.add_argument("--image-size", type=int, help="resize before the crop, for all comparisons (default: own)")
     parser.add_argument("--crop-size", type=int, help="model input, for every comparison (default: each own)")
     parser.add_argument("--warmup", type=int, help="untimed inferences per process / model (default 1)")
     parser.add_argument(
-        "--iterations", type=int, help="timed inferences per process (torch) or round and model (OpenVINO) (default 4; quick 2)"
+        "--iterations",
+        type=int,
+        help="timed inferences per process (torch) or per round and model (OpenVINO) (default 4; quick 2)",
     )
     parser.add_argument("--warmup-steps", type=int, help="untimed training steps per process, at least 1 (default 1)")
     parser.add_argument("--train-steps", type=int, help="timed training steps per process (default 1)")
