@@ -1,30 +1,46 @@
-"""CPU speed and memory of this Dinomaly against anomalib's built-in one, in one run, printed as ratios ours/theirs.
+"""CPU speed and memory of this plugin's Dinomaly and Dinomaly2 against anomalib's built-in Dinomaly, as paired ratios.
 
-Both models have random weights and the same architecture (DINOv2 ViT with 4 registers, 8 linear-attention
-decoder blocks, 448 -> 392 px); the built-in is built offline by making ``timm.create_model`` ignore
-``pretrained=True`` while it is constructed. Every measurement runs in its own process, so that:
+Four comparisons, each "ours vs the closest anomalib built-in" at its own geometry (random weights; the built-in
+is built offline by making ``timm.create_model`` ignore ``pretrained=True`` while it is constructed):
 
-- the built-in's global patch of timm's position-embedding resampling never touches our model,
-- peak memory (``ru_maxrss``) belongs to that one measurement; OpenVINO runs import only ``openvino``
-  and ``numpy``, as a deployment would.
+- ``vitb``: Dinomaly, DINOv2-reg ViT-B/14 vs the built-in with ``vit_base_patch14_reg4_dinov2``, 448 -> 392 px;
+- ``vits``: the same with ViT-S/14;
+- ``d2-dinov2``: Dinomaly2 (its defaults), DINOv2-reg ViT-B/14 vs the built-in ViT-B/14 with
+  ``use_context_recentering=True`` (its partial Dinomaly2), 448 -> 392 px;
+- ``d2-dinov3``: Dinomaly2, DINOv3 ViT-B/16 vs the built-in with ``vit_base_patch16_dinov3`` and
+  ``use_context_recentering=True``, 512 -> 448 px (the same 28 x 28 patch grid as ViT-B/14 at 392).
 
-Measured per architecture and implementation:
+Every ratio is paired: each measurement is repeated over ``--rounds`` rounds (default 3), ours and the built-in
+measured in alternation, the order swapped every round (ours, built-in, built-in, ours, ...), so each round gives
+one ours / built-in ratio; the table reports ours and the built-in (medians over rounds), the median of the
+per-round ratios and their spread (min-max). Single-process ratios moved by 15-25 % between two full runs on
+the development machine; only paired ratios carry a claim.
 
-- torch eager FP32, batch 1, through the module's ``forward`` (pre-processing, model, normalisation);
-- OpenVINO FP32 with ``INFERENCE_PRECISION_HINT=f32`` (a true FP32 figure), the same IR with the device's
-  default hint (bf16 on CPUs with AVX-512 BF16), and INT8 post-training quantisation, all exported through
-  ``Engine.export`` at a static 448 x 448 input and calibrated on the MVTec-AD bottle training images;
-- a training step at batch 8 (forward, loss, backward, clipping, optimiser step, through Lightning);
-- FLOPs of one forward / training step (``torch.utils.flop_counter``), turned into achieved GFLOP/s and
-  compared with an fp32 GEMM measured here;
-- OpenVINO FP32 of both models once more, alternating in one process so that machine drift hits both alike,
-  with the time split into GEMM-like ops and the rest (OpenVINO's per-op profile);
-- Pearson correlation of INT8 maps with FP32 maps on the bottle test images (random weights, so only an
-  indication; ``tests/test_export.py`` checks it on a trained small model).
+- torch eager FP32, batch 1, through the module's ``forward`` (pre-processing, model, normalisation), and
+  training steps at batch 8 through Lightning (forward, loss, backward, clipping, optimiser step): one fresh
+  process per model and round (the built-in globally patches timm's position-embedding resampling, so it never
+  shares a process with ours); peak memory (``ru_maxrss``) comes from the same processes;
+- OpenVINO FP32 with ``INFERENCE_PRECISION_HINT=f32`` (a true FP32 figure), the same IR with the CPU's default
+  hint (bf16 on CPUs with AVX-512 BF16) and INT8 post-training quantisation: both models compiled in one process
+  (which imports only ``openvino`` and ``numpy``), one block of alternating inferences per round; the IRs are
+  exported once per model through ``Engine.export`` at a static input, INT8 calibrated on the MVTec-AD bottle
+  training images;
+- FLOPs of one forward / training step (``torch.utils.flop_counter``, counted once per model, in the first
+  round), turned into achieved GFLOP/s and compared with an fp32 GEMM measured here; OpenVINO FP32's per-op
+  profile split into GEMM-like ops and the rest; Pearson correlation of INT8 maps with FP32 maps on the bottle
+  test images (random weights, so only an indication; ``tests/test_export.py`` checks a trained small model).
 
-Usage (an estimated 15-20 minutes for both architectures on a quiet 2-core CPU; the quick run takes ~2.5):
-    python benchmarks/benchmark.py --output results/benchmark
-    python benchmarks/benchmark.py --quick          # smoke run: ViT-S at 112 -> 98 px, 1-2 iterations
+Counts per process in the default run: torch eager 1 warm-up + 4 timed inferences (median); training 1 untimed
+warm-up step (the FLOP-counted one in the first round) + 1 timed step; OpenVINO 1 warm-up inference per model,
+then per round 4 inferences per model in alternation (per-round ratio from the two medians). A ViT-B comparison
+takes an estimated 14.5 minutes on a quiet 2-core CPU (training 6 processes of ~1 min, export ~4 min, torch
+eager ~2 min, OpenVINO ~2 min), the ViT-S one about 7 (process start-up dominates): the full run (all four,
+3 rounds) about 51 minutes, 44 without ``vits``. The estimate is printed at the start, the total at the end.
+
+Usage:
+    python benchmarks/benchmark.py --output results/benchmark             # all four comparisons, 3 rounds
+    python benchmarks/benchmark.py --comparisons vitb d2-dinov3 --rounds 5
+    python benchmarks/benchmark.py --quick   # smoke run: vits, d2-dinov2, d2-dinov3 at 7 x 7 patches, 2 rounds
 """
 
 from __future__ import annotations
@@ -33,21 +49,59 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MVTEC = REPO.parent / "shared" / "data" / "mvtec_ad"
-ARCHITECTURES = {
-    # name: (our encoder_name, the built-in's encoder_name)
-    "vitb": ("dinov2reg_vit_base_14", "vit_base_patch14_reg4_dinov2"),
-    "vits": ("dinov2reg_vit_small_14", "vit_small_patch14_reg4_dinov2"),
-}
+IMPLS = ("ours", "builtin")
 NORMALISATION_IMAGES = 4  # training images whose predictions set the (untrained) models' normalisation
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row block: our model against the closest built-in, at one geometry."""
+
+    ours_class: str  # "Dinomaly" or "Dinomaly2" from anomalib_dinomaly
+    ours_encoder: str
+    builtin_encoder: str
+    image_size: int  # resize before the crop
+    crop_size: int  # model input
+    quick_sizes: tuple[int, int]  # (image_size, crop_size) of --quick: a 7 x 7 patch grid
+    builtin_kwargs: dict[str, Any] = field(default_factory=dict)
+    vit_width: str = "base"  # for the time estimate
+
+    def title(self, image_size: int, crop_size: int) -> str:
+        """Names both models and the geometry."""
+        builtin = self.builtin_encoder + "".join(f", {key}={value}" for key, value in self.builtin_kwargs.items())
+        return (
+            f"{self.ours_class} {self.ours_encoder} (ours) vs anomalib Dinomaly {builtin} (built-in), "
+            f"{image_size} -> {crop_size} px"
+        )
+
+
+RECENTERING = {"use_context_recentering": True}
+COMPARISONS = {
+    "vitb": Comparison("Dinomaly", "dinov2reg_vit_base_14", "vit_base_patch14_reg4_dinov2", 448, 392, (112, 98)),
+    "vits": Comparison(
+        "Dinomaly", "dinov2reg_vit_small_14", "vit_small_patch14_reg4_dinov2", 448, 392, (112, 98), vit_width="small"
+    ),
+    "d2-dinov2": Comparison(
+        "Dinomaly2", "dinov2reg_vit_base_14", "vit_base_patch14_reg4_dinov2", 448, 392, (112, 98), RECENTERING
+    ),
+    # anomalib 2.7's built-in builds and runs timm's DINOv3 offline (checked), so it is compared at DINOv3's geometry
+    "d2-dinov3": Comparison(
+        "Dinomaly2", "dinov3_vit_base_16", "vit_base_patch16_dinov3", 512, 448, (128, 112), RECENTERING
+    ),
+}
+DEFAULT_COMPARISONS = ["vitb", "vits", "d2-dinov2", "d2-dinov3"]
+QUICK_COMPARISONS = ["vits", "d2-dinov2", "d2-dinov3"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -88,16 +142,17 @@ def bottle_images(mvtec_root: Path, split: str, size: int, limit: int | None = N
 
 
 # ---------------------------------------------------------------------------------------------- workers
-def build_model(impl: str, arch: str, image_size: int, crop_size: int):  # noqa: ANN201
+def build_model(impl: str, comparison: str, image_size: int, crop_size: int):  # noqa: ANN201
     """The Lightning module with random weights. The built-in is built with timm's downloads switched off."""
     import torch
 
     torch.manual_seed(0)
-    ours_name, builtin_name = ARCHITECTURES[arch]
+    spec = COMPARISONS[comparison]
     if impl == "ours":
-        from anomalib_dinomaly import Dinomaly
+        import anomalib_dinomaly
 
-        return Dinomaly(encoder_name=ours_name, pretrained=False, image_size=image_size, crop_size=crop_size)
+        model_class = getattr(anomalib_dinomaly, spec.ours_class)
+        return model_class(encoder_name=spec.ours_encoder, pretrained=False, image_size=image_size, crop_size=crop_size)
     import timm
 
     from anomalib.models import Dinomaly  # ANOMALIB_DINOMALY_OVERRIDE=0: anomalib's own class
@@ -109,7 +164,7 @@ def build_model(impl: str, arch: str, image_size: int, crop_size: int):  # noqa:
     timm.create_model = lambda *args, **kwargs: create_model(*args, **{**kwargs, "pretrained": False})
     try:
         pre_processor = Dinomaly.configure_pre_processor(image_size=(image_size, image_size), crop_size=crop_size)
-        return Dinomaly(encoder_name=builtin_name, pre_processor=pre_processor)
+        return Dinomaly(encoder_name=spec.builtin_encoder, pre_processor=pre_processor, **spec.builtin_kwargs)
     finally:
         timm.create_model = create_model
 
@@ -129,34 +184,35 @@ def fit_normalisation(module, images) -> None:  # noqa: ANN001
 
 
 def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
-    """Torch eager FP32 inference, batch 1."""
+    """Torch eager FP32 inference, batch 1; with ``--count-flops`` also the FLOPs of one forward (after timing)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.threads)
-    module = build_model(args.impl, args.arch, args.image_size, args.crop_size).eval()
+    module = build_model(args.impl, args.comparison, args.image_size, args.crop_size).eval()
     encoder = module.model.encoder
     blocks = len(encoder.vit.blocks) if args.impl == "ours" else len(encoder.feature_extractor.blocks)
     image = torch.rand(1, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0))
-    baseline = current_rss_mb()
+    result: dict[str, Any] = {"rss_before_mb": current_rss_mb()}
     with torch.inference_mode():
         seconds = timed(lambda: module(image), args.warmup, args.iterations)
-        with FlopCounterMode(display=False) as counter:
-            module(image)
-    return {
-        "seconds": seconds,
-        "images_per_s": 1 / seconds,
-        "gflop": counter.get_total_flops() / 1e9,
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_before_mb": baseline,
-        "params_m": sum(p.numel() for p in module.model.parameters()) / 1e6,
-        "trainable_params_m": sum(p.numel() for p in module.model.parameters() if p.requires_grad) / 1e6,
-        "encoder_blocks_run": blocks,
-    }
+        result.update(seconds=seconds, images_per_s=1 / seconds, peak_rss_mb=peak_rss_mb())
+        if args.count_flops:
+            with FlopCounterMode(display=False) as counter:
+                module(image)
+            result["gflop"] = counter.get_total_flops() / 1e9
+    result["params_m"] = sum(p.numel() for p in module.model.parameters()) / 1e6
+    result["trainable_params_m"] = sum(p.numel() for p in module.model.parameters() if p.requires_grad) / 1e6
+    result["encoder_blocks_run"] = blocks
+    return result
 
 
 def worker_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Training steps at batch 8 through a Lightning Trainer with the module's own optimiser, loss and clipping."""
+    """Training steps at batch 8 through a Lightning Trainer with the module's own optimiser, loss and clipping.
+
+    ``--warmup-steps`` untimed steps (the first one FLOP-counted with ``--count-flops``), then ``--train-steps``
+    timed ones, median reported.
+    """
     import torch
     from anomalib.data import ImageBatch, ImageItem
     from lightning.pytorch import Callback, Trainer
@@ -164,8 +220,9 @@ def worker_train(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.threads)
-    module = build_model(args.impl, args.arch, args.image_size, args.crop_size)
+    module = build_model(args.impl, args.comparison, args.image_size, args.crop_size)
     size = args.image_size
+    warmup_steps = max(1, args.warmup_steps)  # the first step allocates everything: never timed
 
     class RandomImages(Dataset):
         def __len__(self) -> int:
@@ -176,7 +233,7 @@ def worker_train(args: argparse.Namespace) -> dict[str, Any]:
             return ImageItem(image=image, gt_label=torch.tensor(0), image_path=f"random_{index}.png")
 
     class StepTimer(Callback):
-        """Times each optimizer step; counts FLOPs on the first (warm-up) step."""
+        """Times each optimizer step; counts FLOPs on the first (untimed) step when asked."""
 
         def __init__(self) -> None:
             self.times: list[float] = []
@@ -184,7 +241,7 @@ def worker_train(args: argparse.Namespace) -> dict[str, Any]:
             self._counter: FlopCounterMode | None = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-            if batch_idx == 0:
+            if batch_idx == 0 and args.count_flops:
                 self._counter = FlopCounterMode(display=False)
                 self._counter.__enter__()
             self._start = time.perf_counter()
@@ -201,7 +258,7 @@ def worker_train(args: argparse.Namespace) -> dict[str, Any]:
     trainer_args.pop("max_steps", None)
     trainer = Trainer(
         **trainer_args,
-        max_steps=1 + args.warmup_steps + args.train_steps,
+        max_steps=warmup_steps + args.train_steps,
         accelerator="cpu",
         devices=1,
         logger=False,
@@ -214,15 +271,11 @@ def worker_train(args: argparse.Namespace) -> dict[str, Any]:
     loader = DataLoader(RandomImages(), batch_size=8, collate_fn=ImageBatch.collate, num_workers=0)
     baseline = current_rss_mb()
     trainer.fit(module, train_dataloaders=loader)
-    timed_steps = sorted(timer.times[1 + args.warmup_steps :])
-    seconds = timed_steps[len(timed_steps) // 2]
-    return {
-        "seconds": seconds,
-        "images_per_s": 8 / seconds,
-        "gflop": timer.flops / 1e9,
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_before_mb": baseline,
-    }
+    seconds = statistics.median(timer.times[warmup_steps:])
+    result = {"seconds": seconds, "images_per_s": 8 / seconds, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": baseline}
+    if args.count_flops:
+        result["gflop"] = timer.flops / 1e9
+    return result
 
 
 def worker_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,7 +287,7 @@ def worker_export(args: argparse.Namespace) -> dict[str, Any]:
     from torchvision.transforms.v2 import Resize
 
     torch.set_num_threads(args.threads)
-    module = build_model(args.impl, args.arch, args.image_size, args.crop_size)
+    module = build_model(args.impl, args.comparison, args.image_size, args.crop_size)
     fit_normalisation(module, bottle_images(args.mvtec_root, "train", args.image_size, NORMALISATION_IMAGES))
     root = Path(args.export_dir)
     engine = Engine(default_root_dir=root / "engine", logger=False)
@@ -278,39 +331,6 @@ def random_input(image_size: int):  # noqa: ANN201
     return np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
 
 
-def worker_openvino(args: argparse.Namespace) -> dict[str, Any]:
-    """OpenVINO inference, batch 1, latency hint; imports nothing but openvino and numpy."""
-    import numpy as np
-    import openvino as ov
-
-    config = openvino_config(args.threads, args.hint)
-    core = ov.Core()
-    baseline = current_rss_mb()
-    try:
-        compiled = core.compile_model(args.xml, "CPU", config)
-    except RuntimeError as error:
-        return {"error": f"compile failed: {str(error).splitlines()[0][:300]}", "peak_rss_mb": peak_rss_mb()}
-    request = compiled.create_infer_request()
-    image = random_input(args.image_size)
-    seconds = timed(lambda: request.infer({0: image}), args.warmup, args.iterations)
-    result = {
-        "seconds": seconds,
-        "images_per_s": 1 / seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_before_mb": baseline,
-        "precision_hint": args.hint or str(compiled.get_property("INFERENCE_PRECISION_HINT")),
-    }
-    if args.reference:
-        reference = core.compile_model(args.reference, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        correlations = []
-        for test_image in bottle_images(args.mvtec_root, "test", args.image_size):
-            maps = [np.asarray(m(test_image[None])["anomaly_map"]).ravel() for m in (compiled, reference)]
-            correlations.append(float(np.corrcoef(*maps)[0, 1]))
-        result["map_pearson_min"] = min(correlations)
-        result["map_pearson_mean"] = float(np.mean(correlations))
-    return result
-
-
 GEMM_OP_TYPES = {"FullyConnected", "MatMul", "Subgraph"}  # Subgraph: OpenVINO's fused softmax attention
 
 
@@ -330,48 +350,73 @@ def op_time_by_type(compiled, image) -> dict[str, float]:  # noqa: ANN001
     return {op: float(np.median([run.get(op, 0.0) for run in runs])) for op in runs[0]}
 
 
-def worker_paired(args: argparse.Namespace) -> dict[str, Any]:
-    """OpenVINO FP32 of ours (``--xml``) and the built-in (``--xml-builtin``) timed in alternation in one process.
+def worker_openvino(args: argparse.Namespace) -> dict[str, Any]:
+    """OpenVINO inference of ours (``--xml``) and the built-in (``--xml-builtin``) in alternation in one process.
 
-    Separate processes, minutes apart, see the machine drift by about 10 %; alternating single inferences
-    (the order swapped every round) exposes both models to the same drift, so their ratio is the fair one.
-    A profiled run then splits each model's time into GEMM-like ops (fully connected layers, matmuls, fused
-    attention) and everything else.
+    Separate processes minutes apart see the machine drift; here each round is one block of ``--iterations``
+    inferences per model, alternating one by one and starting with the other model every round, so both see
+    the same drift and each round gives one ratio. Imports nothing but openvino and numpy, as a deployment
+    would. ``--profile`` adds the per-op split into GEMM-like ops (fully connected layers, matmuls, fused
+    attention) and the rest; ``--reference``/``--reference-builtin`` (FP32 IRs) add the maps' Pearson correlation
+    with them on the bottle test images.
     """
     import numpy as np
     import openvino as ov
 
-    config = openvino_config(args.threads, "f32")
+    config = openvino_config(args.threads, args.hint)
     core = ov.Core()
-    models = {"ours": args.xml, "builtin": args.xml_builtin}
-    requests = {impl: core.compile_model(xml, "CPU", config).create_infer_request() for impl, xml in models.items()}
+    given = {"ours": args.xml, "builtin": args.xml_builtin}  # one of them may have failed to export
+    models = {impl: xml for impl, xml in given.items() if xml}
+    compiled, result = {}, {}
+    for impl, xml in models.items():
+        try:
+            compiled[impl] = core.compile_model(xml, "CPU", config)
+        except RuntimeError as error:
+            result[impl] = {"error": f"compile failed: {str(error).splitlines()[0][:300]}"}
+    if result:
+        return {impl: result.get(impl, {"error": "the other model failed to compile"}) for impl in models}
+    requests = {impl: model.create_infer_request() for impl, model in compiled.items()}
     image = random_input(args.image_size)
     for _ in range(args.warmup):
         for request in requests.values():
             request.infer({0: image})
-    times: dict[str, list[float]] = {impl: [] for impl in requests}
-    for round_index in range(2 * args.iterations):
-        order = list(requests) if round_index % 2 == 0 else list(reversed(requests))
-        for impl in order:
-            start = time.perf_counter()
-            requests[impl].infer({0: image})
-            times[impl].append(time.perf_counter() - start)
-    result: dict[str, Any] = {}
-    for impl, xml in models.items():
-        seconds = float(np.median(times[impl]))
-        by_type = op_time_by_type(core.compile_model(xml, "CPU", {**config, "PERF_COUNT": True}), image)
-        profiled_ms = sum(by_type.values())
-        gemm_ms = sum(ms for op, ms in by_type.items() if op in GEMM_OP_TYPES)
+    rounds: dict[str, list[float]] = {impl: [] for impl in models}
+    for round_index in range(args.rounds):
+        times: dict[str, list[float]] = {impl: [] for impl in models}
+        for step in range(args.iterations):
+            order = list(models) if (round_index + step) % 2 == 0 else list(reversed(models))
+            for impl in order:
+                start = time.perf_counter()
+                requests[impl].infer({0: image})
+                times[impl].append(time.perf_counter() - start)
+        for impl in models:
+            rounds[impl].append(float(np.median(times[impl])))
+    references = {"ours": args.reference, "builtin": args.reference_builtin}
+    for impl in models:
         result[impl] = {
-            "seconds": seconds,
-            "images_per_s": 1 / seconds,
-            "profiled_ms": profiled_ms,
-            "gemm_ms": gemm_ms,
-            "other_ms": profiled_ms - gemm_ms,
-            "top_other": sorted(
-                ((op, ms) for op, ms in by_type.items() if op not in GEMM_OP_TYPES), key=lambda item: -item[1]
-            )[:4],
+            "rounds": [{"seconds": s, "images_per_s": 1 / s} for s in rounds[impl]],
+            "precision_hint": args.hint or str(compiled[impl].get_property("INFERENCE_PRECISION_HINT")),
         }
+        if args.profile:
+            by_type = op_time_by_type(core.compile_model(models[impl], "CPU", {**config, "PERF_COUNT": True}), image)
+            profiled_ms = sum(by_type.values())
+            gemm_ms = sum(ms for op, ms in by_type.items() if op in GEMM_OP_TYPES)
+            result[impl].update(
+                profiled_ms=profiled_ms,
+                gemm_ms=gemm_ms,
+                other_ms=profiled_ms - gemm_ms,
+                top_other=sorted(
+                    ((op, ms) for op, ms in by_type.items() if op not in GEMM_OP_TYPES), key=lambda item: -item[1]
+                )[:4],
+            )
+        if references[impl]:
+            reference = core.compile_model(references[impl], "CPU", openvino_config(args.threads, "f32"))
+            correlations = []
+            for test_image in bottle_images(args.mvtec_root, "test", args.image_size):
+                maps = [np.asarray(m(test_image[None])["anomaly_map"]).ravel() for m in (compiled[impl], reference)]
+                correlations.append(float(np.corrcoef(*maps)[0, 1]))
+            result[impl]["map_pearson_min"] = min(correlations)
+            result[impl]["map_pearson_mean"] = float(np.mean(correlations))
     return result
 
 
@@ -391,36 +436,63 @@ WORKERS = {
     "train": worker_train,
     "export": worker_export,
     "openvino": worker_openvino,
-    "paired": worker_paired,
     "gemm": worker_gemm,
 }
 
 
 # ---------------------------------------------------------------------------------------------- driver
+def geometry(args: argparse.Namespace, comparison: str) -> tuple[int, int]:
+    """(image_size, crop_size) of a comparison: its own, the quick run's, or the command line's override."""
+    spec = COMPARISONS[comparison]
+    image_size, crop_size = spec.quick_sizes if args.quick else (spec.image_size, spec.crop_size)
+    return args.image_size or image_size, args.crop_size or crop_size
+
+
+def estimate_seconds(args: argparse.Namespace, comparison: str) -> float:
+    """Rough duration of one comparison on a quiet 2-core CPU, from ViT-B/14 at 392 px: 1.4 s per torch image,
+    23 s per training step at batch 8, 1.15 s per OpenVINO FP32 image, ~2 min per export (INT8 included)."""
+    spec = COMPARISONS[comparison]
+    image_size, crop_size = geometry(args, comparison)
+    patch = 16 if "16" in spec.ours_encoder else 14
+    work = (crop_size // patch) ** 2 / 784 * (1.0 if spec.vit_width == "base" else 0.3)
+    processes = 2 * args.rounds
+    torch_s = processes * (10 + (args.warmup + args.iterations) * 1.4 * work) + 2 * 3 * work
+    train_s = processes * (15 + (max(1, args.warmup_steps) + args.train_steps) * 23 * work)
+    export_s = 2 * (40 + 90 * work)
+    inferences = 2 * (args.warmup + args.rounds * args.iterations)
+    openvino_s = 3 * 8 + 1.15 * work * (inferences * (1 + 0.6 + 0.4) + 2 * 6 + 2 * 11 * 1.55)
+    return torch_s + train_s + export_s + openvino_s
+
+
 class Driver:
-    """Runs each measurement in a fresh process and collects the results."""
+    """Runs each measurement in a fresh process, ours and the built-in in alternation, and collects the results."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.results: dict[str, Any] = {"settings": {}, "gemm": {}, "runs": {}}
+        self.results: dict[str, Any] = {"settings": {}, "gemm": {}, "comparisons": {}}
 
-    def call(self, kind: str, impl: str = "ours", arch: str = "vits", **extra: Any) -> dict[str, Any]:  # noqa: ANN401
+    def call(self, kind: str, impl: str = "ours", comparison: str = "vits", **extra: Any) -> dict[str, Any]:  # noqa: ANN401
+        """Run one worker process; its result, or ``{"error": ...}`` with the end of its output."""
         args = self.args
+        image_size, crop_size = geometry(args, comparison)
         command = [
-            sys.executable, __file__, "--worker", kind, "--impl", impl, "--arch", arch,
-            "--image-size", str(args.image_size), "--crop-size", str(args.crop_size), "--threads", str(args.threads),
-            "--warmup", str(args.warmup), "--iterations", str(args.iterations),
+            sys.executable, __file__, "--worker", kind, "--impl", impl, "--comparison", comparison,
+            "--image-size", str(image_size), "--crop-size", str(crop_size), "--threads", str(args.threads),
+            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--rounds", str(args.rounds),
             "--warmup-steps", str(args.warmup_steps), "--train-steps", str(args.train_steps),
             "--mvtec-root", str(args.mvtec_root),
         ]  # fmt: skip
         if args.quick:
             command.append("--quick")
+        label = f"  {comparison} {'ours + built-in' if kind == 'openvino' else impl} {extra.pop('label', kind)}"
         for key, value in extra.items():
-            command += [f"--{key.replace('_', '-')}", str(value)]
+            if value is True:
+                command.append(f"--{key.replace('_', '-')}")
+            elif value is not False and value is not None:
+                command += [f"--{key.replace('_', '-')}", str(value)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         env["ANOMALIB_DINOMALY_OVERRIDE"] = "0" if impl == "builtin" else "1"
-        label = f"{arch}/{impl}/{kind}" + (f" ({extra['hint'] or 'default hint'})" if "hint" in extra else "")
-        print(f"  {label} ...", end="", flush=True)
+        print(f"{label} ...", end="", flush=True)
         start = time.perf_counter()
         process = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - start
@@ -429,81 +501,136 @@ class Driver:
             tail = "\n".join((process.stderr or process.stdout).strip().splitlines()[-5:])
             print(f" failed after {elapsed:.0f} s")
             return {"error": f"worker exited with {process.returncode}: {tail[-600:]}"}
-        result = json.loads(lines[-1][len("RESULT ") :])
         print(f" {elapsed:.0f} s")
-        return result
+        return json.loads(lines[-1][len("RESULT ") :])
+
+    def alternating(self, kind: str, comparison: str) -> dict[str, Any]:
+        """``--rounds`` rounds of one process per model, the order swapped every round; FLOPs in the first."""
+        rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
+        for round_index in range(self.args.rounds):
+            for impl in IMPLS if round_index % 2 == 0 else tuple(reversed(IMPLS)):
+                rounds[impl].append(self.call(kind, impl, comparison, count_flops=round_index == 0))
+        return {impl: {"rounds": rounds[impl]} for impl in IMPLS}
+
+    def openvino(
+        self, comparison: str, xmls: dict[str, str | None], errors: dict[str, str], **extra: Any  # noqa: ANN401
+    ) -> dict[str, Any]:
+        """Both models' IRs timed in alternation in one process; a model without an IR gets its export error."""
+        available = {impl: xml for impl, xml in xmls.items() if xml}
+        result = {}
+        if available:
+            result = self.call("openvino", "ours", comparison, xml=available.get("ours"),
+                               xml_builtin=available.get("builtin"), **extra)  # fmt: skip
+        return {
+            impl: result.get(impl, {"error": result.get("error") if impl in available else errors.get(impl)})
+            for impl in IMPLS
+        }
 
     def run(self) -> dict[str, Any]:
         args = self.args
         self.results["settings"] = {
-            key: str(value) for key, value in vars(args).items() if key not in {"worker", "impl", "arch"}
+            key: str(value) for key, value in vars(args).items() if key not in {"worker", "impl", "comparison"}
         }
         self.results["settings"]["cpu_count"] = os.cpu_count()
+        estimates = {name: estimate_seconds(args, name) for name in args.comparisons}
+        listed = ", ".join(f"{name} {seconds / 60:.0f}" for name, seconds in estimates.items())
+        print(f"Estimated duration on a quiet 2-core CPU: {sum(estimates.values()) / 60:.0f} min ({listed} min)")
         print(f"GEMM peak ({args.threads} threads)")
         self.results["gemm"] = self.call("gemm")
-        for arch in args.archs:
-            with tempfile.TemporaryDirectory(prefix=f"dinomaly-{arch}-") as folder:
-                fp32_models = {}
-                for impl in ("ours", "builtin"):
-                    print(f"{arch} {impl}")
-                    run: dict[str, Any] = {}
-                    run["torch"] = self.call("torch", impl, arch)
-                    run["train"] = self.call("train", impl, arch)
-                    exported = self.call("export", impl, arch, export_dir=Path(folder) / impl)
-                    run["export"] = exported
-                    if "fp32_xml" in exported:
-                        fp32_models[impl] = exported["fp32_xml"]
-                        run["ov_fp32"] = self.call("openvino", impl, arch, xml=exported["fp32_xml"], hint="f32")
-                        run["ov_default"] = self.call("openvino", impl, arch, xml=exported["fp32_xml"], hint="")
-                    if "int8_xml" in exported:
-                        run["ov_int8"] = self.call(
-                            "openvino", impl, arch, xml=exported["int8_xml"], hint="f32", reference=exported["fp32_xml"]
-                        )
-                    else:
-                        run["ov_int8"] = {"error": exported.get("int8_error", exported.get("error", "not exported"))}
-                    self.results["runs"][f"{arch}/{impl}"] = run
-                if len(fp32_models) == 2:
-                    print(f"{arch} paired")
-                    paired = self.call("paired", "ours", arch, xml=fp32_models["ours"], xml_builtin=fp32_models["builtin"])
-                    for impl in ("ours", "builtin"):
-                        self.results["runs"][f"{arch}/{impl}"]["ov_fp32_paired"] = paired.get(impl, paired)
+        for name in args.comparisons:
+            image_size, crop_size = geometry(args, name)
+            print(COMPARISONS[name].title(image_size, crop_size))
+            started = time.perf_counter()
+            block: dict[str, Any] = {"title": COMPARISONS[name].title(image_size, crop_size)}
+            block["torch"] = self.alternating("torch", name)
+            block["train"] = self.alternating("train", name)
+            with tempfile.TemporaryDirectory(prefix=f"dinomaly-{name}-") as folder:
+                block["export"] = {
+                    impl: self.call("export", impl, name, export_dir=Path(folder) / impl) for impl in IMPLS
+                }
+                exports = block["export"]
+                errors = {impl: e.get("int8_error", e.get("error", "not exported")) for impl, e in exports.items()}
+                fp32 = {impl: e.get("fp32_xml") for impl, e in exports.items()}
+                int8 = {impl: e.get("int8_xml") for impl, e in exports.items()}
+                block["ov_fp32"] = self.openvino(name, fp32, errors, label="OpenVINO FP32", hint="f32", profile=True)
+                block["ov_default"] = self.openvino(name, fp32, errors, label="OpenVINO default hint", hint="")
+                block["ov_int8"] = self.openvino(
+                    name, int8, errors, label="OpenVINO INT8", hint="f32",
+                    reference=fp32["ours"] if int8["ours"] else None,
+                    reference_builtin=fp32["builtin"] if int8["builtin"] else None,
+                )  # fmt: skip
+            block["wall_s"] = time.perf_counter() - started
+            block["estimate_s"] = estimates[name]
+            self.results["comparisons"][name] = block
         return self.results
 
 
-ROWS = [
+# ---------------------------------------------------------------------------------------------- report
+# (title, section, key); "achieved" is GFLOP (or GOP) per second from the FLOP count and each round's time
+PAIRED_ROWS = [
     ("torch eager FP32, images/s", "torch", "images_per_s"),
     ("torch eager FP32, peak RSS MiB", "torch", "peak_rss_mb"),
     ("torch eager FP32, achieved GFLOP/s", "torch", "achieved"),
     ("OpenVINO FP32 (hint f32), images/s", "ov_fp32", "images_per_s"),
-    ("OpenVINO FP32 (hint f32), peak RSS MiB", "ov_fp32", "peak_rss_mb"),
     ("OpenVINO FP32 (hint f32), achieved GFLOP/s", "ov_fp32", "achieved"),
-    ("OpenVINO FP32, paired in one process, images/s", "ov_fp32_paired", "images_per_s"),
-    ("OpenVINO FP32, paired: GEMM + attention ops, ms", "ov_fp32_paired", "gemm_ms"),
-    ("OpenVINO FP32, paired: all other ops, ms", "ov_fp32_paired", "other_ms"),
     ("OpenVINO FP32 IR (default hint), images/s", "ov_default", "images_per_s"),
     ("OpenVINO INT8 PTQ, images/s", "ov_int8", "images_per_s"),
-    ("OpenVINO INT8 PTQ, peak RSS MiB", "ov_int8", "peak_rss_mb"),
     ("OpenVINO INT8 PTQ, achieved GOP/s", "ov_int8", "achieved"),
-    ("OpenVINO INT8 PTQ, map Pearson vs FP32 (min)", "ov_int8", "map_pearson_min"),
     ("training step batch 8, s", "train", "seconds"),
     ("training step batch 8, peak RSS MiB", "train", "peak_rss_mb"),
     ("training step batch 8, achieved GFLOP/s", "train", "achieved"),
+]
+SINGLE_ROWS = [  # measured once per model: no spread
+    ("OpenVINO FP32 profile: GEMM + attention ops, ms", "ov_fp32", "gemm_ms"),
+    ("OpenVINO FP32 profile: all other ops, ms", "ov_fp32", "other_ms"),
+    ("OpenVINO INT8 PTQ, map Pearson vs FP32 (min)", "ov_int8", "map_pearson_min"),
     ("GFLOP per image (forward)", "torch", "gflop"),
+    ("GFLOP per training step (batch 8)", "train", "gflop"),
+    ("parameters, M", "torch", "params_m"),
+    ("trainable parameters, M", "torch", "trainable_params_m"),
     ("encoder blocks run", "torch", "encoder_blocks_run"),
 ]
 
 
-def value(run: dict[str, Any], section: str, key: str) -> float | str | None:
-    """A table cell: a measured number, an error marker, or ``None``."""
-    data = run.get(section, {})
+def single(block: dict[str, Any], section: str, impl: str, key: str) -> float | str | None:
+    """A value measured once: from the section's extras or its first round; "failed" on an error."""
+    data = block.get(section, {}).get(impl, {})
     if "error" in data:
         return "failed"
+    if key in data:
+        return data[key]
+    rounds = data.get("rounds") or [{}]
+    return "failed" if "error" in rounds[0] else rounds[0].get(key)
+
+
+def per_round(block: dict[str, Any], section: str, impl: str, key: str) -> list[float] | str | None:
+    """A measurement's value in every round, "failed" if any round failed, ``None`` if not measured."""
+    data = block.get(section, {}).get(impl, {})
+    rounds = data.get("rounds")
+    if "error" in data or (rounds and any("error" in r for r in rounds)):
+        return "failed"
+    if not rounds:
+        return None
     if key == "achieved":
         # OpenVINO runs the graph whose FLOPs the torch worker counted
-        flops = data.get("gflop", run.get("torch", {}).get("gflop"))
-        seconds = data.get("seconds")
-        return flops / seconds if flops and seconds else None
-    return data.get(key)
+        gflop = single(block, "train" if section == "train" else "torch", impl, "gflop")
+        if not isinstance(gflop, float | int):
+            return None
+        return [gflop / r["seconds"] for r in rounds]
+    values = [r.get(key) for r in rounds]
+    return values if all(isinstance(v, float | int) for v in values) else None
+
+
+def ratios(mine: Any, other: Any) -> list[float] | None:  # noqa: ANN401
+    """Per-round ratios of two equally long lists of numbers, else ``None``."""
+    if not (isinstance(mine, list) and isinstance(other, list)) or len(mine) != len(other):
+        return None
+    return [m / o for m, o in zip(mine, other, strict=True) if o] or None
+
+
+def median(values: Any) -> Any:  # noqa: ANN401
+    """Median of a list of numbers; a marker or ``None`` passes through."""
+    return statistics.median(values) if isinstance(values, list) else values
 
 
 def fmt(cell: float | str | None) -> str:
@@ -516,98 +643,166 @@ def fmt(cell: float | str | None) -> str:
     return f"{cell:.4f}" if abs(cell) < 1 else f"{cell:.3g}" if abs(cell) < 100 else f"{cell:.0f}"
 
 
+def spread(values: list[float] | None) -> str:
+    return f"{fmt(min(values))} - {fmt(max(values))}" if values else "-"
+
+
+def target_line(title: str, values: list[float] | None, target: float, higher: bool) -> str:
+    if not values:
+        return f"- {title}: not measured"
+    ratio = statistics.median(values)
+    met = ratio >= target if higher else ratio <= target
+    return f"- {title}: {ratio:.2f} (spread {spread(values)}; {'met' if met else 'NOT met'})"
+
+
 def report(results: dict[str, Any]) -> str:
-    """The results as Markdown tables with ours/theirs ratios, and the issue's targets."""
+    """The results as Markdown tables of paired ours/built-in ratios, and the issue's targets."""
     gemm = results["gemm"].get("gflop_per_s")
     settings = results["settings"]
+    rounds = settings["rounds"]
     lines = [
         f"CPU threads: {settings['threads']} (of {settings['cpu_count']}); fp32 GEMM peak "
-        f"({results['gemm'].get('n')}^2, torch.mm): {fmt(gemm)} GFLOP/s; input {settings['image_size']} px, "
-        f"center crop {settings['crop_size']} px; batch 1 unless stated; random weights.",
+        f"({results['gemm'].get('n')}^2, torch.mm): {fmt(gemm)} GFLOP/s; batch 1 unless stated; random weights; "
+        f"{rounds} paired rounds: ours and the built-in alternate (order swapped every round), ratio = median of "
+        "the per-round ours / built-in ratios, spread = their min - max.",
         "",
     ]
-    for arch in dict.fromkeys(key.split("/")[0] for key in results["runs"]):
-        ours, theirs = results["runs"][f"{arch}/ours"], results["runs"][f"{arch}/builtin"]
-        lines += [f"### {arch}: {ARCHITECTURES[arch][0]} (ours) vs {ARCHITECTURES[arch][1]} (anomalib built-in)", ""]
-        lines += ["| measurement | ours | built-in | ours / built-in |", "|---|---|---|---|"]
-        for title, section, key in ROWS:
-            mine, other = value(ours, section, key), value(theirs, section, key)
-            ratio = mine / other if isinstance(mine, float | int) and isinstance(other, float | int) and other else None
-            lines.append(f"| {title} | {fmt(mine)} | {fmt(other)} | {fmt(ratio)} |")
+    header = (
+        f"| measurement | ours | built-in | ours / built-in (median of {rounds} paired rounds) | spread (min - max) |"
+    )
+    for name, block in results["comparisons"].items():
+        lines += [f"### {name}: {block['title']}", "", header, "|---|---|---|---|---|"]
+        for title, section, key in PAIRED_ROWS:
+            mine, other = (per_round(block, section, impl, key) for impl in IMPLS)
+            paired = ratios(mine, other)
+            lines.append(
+                f"| {title} | {fmt(median(mine))} | {fmt(median(other))} | "
+                f"{fmt(median(paired))} | {spread(paired)} |"
+            )
+        for title, section, key in SINGLE_ROWS:
+            mine, other = (single(block, section, impl, key) for impl in IMPLS)
+            both = isinstance(mine, float | int) and isinstance(other, float | int) and other
+            lines.append(f"| {title} | {fmt(mine)} | {fmt(other)} | {fmt(mine / other if both else None)} | single |")
         if gemm:
             for label, section in (("torch eager", "torch"), ("OpenVINO FP32", "ov_fp32"), ("training", "train")):
-                achieved = value(ours, section, "achieved")
+                achieved = median(per_round(block, section, "ours", "achieved"))
                 if isinstance(achieved, float):
                     lines.append(f"\nours, {label}: {100 * achieved / gemm:.0f} % of the fp32 GEMM peak")
-        lines += ["", "Targets:"]
-        checks = [
-            ("OpenVINO INT8 (ours) / torch eager (built-in) >= 2.0", value(ours, "ov_int8", "images_per_s"),
-             value(theirs, "torch", "images_per_s"), 2.0, True),
-            ("OpenVINO FP32 ours / built-in >= 1.1", value(ours, "ov_fp32", "images_per_s"),
-             value(theirs, "ov_fp32", "images_per_s"), 1.1, True),
-            ("OpenVINO FP32 ours / built-in >= 1.1 (paired)", value(ours, "ov_fp32_paired", "images_per_s"),
-             value(theirs, "ov_fp32_paired", "images_per_s"), 1.1, True),
-            ("torch eager ours / built-in >= 1.1", value(ours, "torch", "images_per_s"),
-             value(theirs, "torch", "images_per_s"), 1.1, True),
-            ("training step ours / built-in <= 1.0", value(ours, "train", "seconds"),
-             value(theirs, "train", "seconds"), 1.0, False),
-        ]  # fmt: skip
-        for title, mine, other, target, higher in checks:
-            if isinstance(mine, float) and isinstance(other, float):
-                ratio = mine / other
-                met = ratio >= target if higher else ratio <= target
-                lines.append(f"- {title}: {ratio:.2f} ({'met' if met else 'NOT met'})")
-            else:
-                lines.append(f"- {title}: not measured ({mine}, {other})")
-        pearson = value(ours, "ov_int8", "map_pearson_min")
+        int8_over_torch = ratios(
+            per_round(block, "ov_int8", "ours", "images_per_s"), per_round(block, "torch", "builtin", "images_per_s")
+        )
+        lines += [
+            "",
+            "Targets:",
+            target_line(
+                "OpenVINO INT8 (ours) / torch eager (built-in) >= 2.0 (rounds matched by index; the two ran in "
+                "different processes)",
+                int8_over_torch,
+                2.0,
+                True,
+            ),
+        ]
+        for title, section, key, target, higher in (
+            ("OpenVINO FP32 ours / built-in >= 1.1 (paired)", "ov_fp32", "images_per_s", 1.1, True),
+            ("torch eager ours / built-in >= 1.1 (paired)", "torch", "images_per_s", 1.1, True),
+            ("training step ours / built-in <= 1.0 (paired)", "train", "seconds", 1.0, False),
+        ):
+            mine, other = (per_round(block, section, impl, key) for impl in IMPLS)
+            lines.append(target_line(title, ratios(mine, other), target, higher))
+        pearson = single(block, "ov_int8", "ours", "map_pearson_min")
         if isinstance(pearson, float):
             lines.append(f"- INT8 map Pearson vs FP32 >= 0.99 (random weights): {pearson:.4f}")
-        for impl, run in (("ours", ours), ("built-in", theirs)):
-            top_other = run.get("ov_fp32_paired", {}).get("top_other")
+        for impl in IMPLS:
+            top_other = block.get("ov_fp32", {}).get(impl, {}).get("top_other")
             if top_other:
                 listed = ", ".join(f"{op} {ms:.1f}" for op, ms in top_other)
                 lines.append(f"- {impl}, OpenVINO FP32 largest non-GEMM ops (ms): {listed}")
-        for impl, run in (("ours", ours), ("built-in", theirs)):
-            for section, data in run.items():
-                if isinstance(data, dict) and "error" in data:
-                    lines.append(f"- {impl} {section} failed: {data['error'].splitlines()[-1][:200]}")
+        for failure in failures(block):
+            lines.append(f"- {failure}")
+        lines.append(f"- wall time of this comparison: {block['wall_s'] / 60:.1f} min")
         lines.append("")
+    lines += dinomaly2_cost(results["comparisons"])
     return "\n".join(lines)
+
+
+def failures(block: dict[str, Any]) -> list[str]:
+    """One line per failed measurement, with the end of its error."""
+    found = []
+    for section, data in block.items():
+        if not isinstance(data, dict):
+            continue
+        for impl in IMPLS:
+            entry = data.get(impl, {})
+            errors = [entry["error"]] if "error" in entry else []
+            errors += [r["error"] for r in entry.get("rounds", []) if "error" in r]
+            if section == "export" and "int8_error" in entry:
+                errors.append(entry["int8_error"])
+            found += [f"{impl} {section} failed: {str(error).splitlines()[-1][:200]}" for error in errors[:1]]
+    return found
+
+
+def dinomaly2_cost(comparisons: dict[str, Any]) -> list[str]:
+    """Dinomaly2 against our Dinomaly at the same encoder and geometry; NOT paired (different comparisons)."""
+    if "d2-dinov2" not in comparisons or "vitb" not in comparisons:
+        return []
+    lines = [
+        "Dinomaly2 cost relative to our Dinomaly (d2-dinov2 ours / vitb ours, same DINOv2-reg ViT-B/14 and geometry; "
+        "NOT paired: medians of two comparisons run minutes apart, so machine drift is not cancelled):",
+    ]
+    for label, section in (("torch eager images/s", "torch"), ("training images/s", "train")):
+        two, one = (
+            median(per_round(comparisons[name], section, "ours", "images_per_s")) for name in ("d2-dinov2", "vitb")
+        )
+        value = f"{two / one:.2f}" if isinstance(two, float) and isinstance(one, float) else "not measured"
+        lines.append(f"- {label}: {value}")
+    return [*lines, ""]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: ViT-S only at 112 -> 98 px, 1-2 iterations")
-    parser.add_argument("--archs", nargs="+", choices=sorted(ARCHITECTURES), help="default: vitb vits (quick: vits)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: vits, d2-dinov2, d2-dinov3 at a 7 x 7 patch grid, 2 rounds"
+    )
+    parser.add_argument(
+        "--comparisons",
+        nargs="+",
+        choices=sorted(COMPARISONS),
+        help="default: all four (quick: vits d2-dinov2 d2-dinov3)",
+    )
+    parser.add_argument("--rounds", type=int, help="paired rounds per measurement (default 3; quick 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch and OpenVINO")
     parser.add_argument("--mvtec-root", type=Path, default=DEFAULT_MVTEC, help="MVTec-AD root (bottle is used)")
     parser.add_argument("--output", type=Path, help="folder for results.json and results.md")
-    parser.add_argument("--image-size", type=int, help="resize before the crop (default 448; quick 112)")
-    parser.add_argument("--crop-size", type=int, help="model input (default 392; quick 98)")
-    parser.add_argument("--warmup", type=int, help="untimed inference runs (default 2; quick 1)")
-    parser.add_argument("--iterations", type=int, help="timed inference runs, median reported (default 10; quick 2)")
+    parser.add_argument("--image-size", type=int, help="resize before the crop, for all comparisons (default: own)")
+    parser.add_argument("--crop-size", type=int, help="model input, for every comparison (default: each own)")
+    parser.add_argument("--warmup", type=int, help="untimed inferences per process / model (default 1)")
     parser.add_argument(
-        "--warmup-steps", type=int, help="untimed training steps after the FLOP-counted one (default 1; quick 0)"
+        "--iterations",
+        type=int,
+        help="timed inferences per process (torch) or per round and model (OpenVINO) (default 4; quick 2)",
     )
-    parser.add_argument("--train-steps", type=int, help="timed training steps (default 3; quick 1)")
+    parser.add_argument("--warmup-steps", type=int, help="untimed training steps per process, at least 1 (default 1)")
+    parser.add_argument("--train-steps", type=int, help="timed training steps per process (default 1)")
     # worker-only arguments
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["ours", "builtin"], default="ours", help=argparse.SUPPRESS)
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="vits", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, default="ours", help=argparse.SUPPRESS)
+    parser.add_argument("--comparison", choices=sorted(COMPARISONS), default="vits", help=argparse.SUPPRESS)
     parser.add_argument("--export-dir", help=argparse.SUPPRESS)
     parser.add_argument("--xml", help=argparse.SUPPRESS)
+    parser.add_argument("--xml-builtin", help=argparse.SUPPRESS)
     parser.add_argument("--hint", help=argparse.SUPPRESS)
     parser.add_argument("--reference", help=argparse.SUPPRESS)
-    parser.add_argument("--xml-builtin", help=argparse.SUPPRESS)
+    parser.add_argument("--reference-builtin", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     defaults = {
-        "archs": ["vits"] if args.quick else ["vitb", "vits"],
-        "image_size": 112 if args.quick else 448,
-        "crop_size": 98 if args.quick else 392,
-        "warmup": 1 if args.quick else 2,
-        "iterations": 2 if args.quick else 10,
-        "warmup_steps": 0 if args.quick else 1,
-        "train_steps": 1 if args.quick else 3,
+        "comparisons": QUICK_COMPARISONS if args.quick else DEFAULT_COMPARISONS,
+        "rounds": 2 if args.quick else 3,
+        "warmup": 1,
+        "iterations": 2 if args.quick else 4,
+        "warmup_steps": 1,
+        "train_steps": 1,
     }
     for key, default in defaults.items():
         if getattr(args, key) is None:
