@@ -39,3 +39,51 @@ def magnetic_tile_root() -> Path:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return _require(GOLDEN)
+
+
+@pytest.fixture(scope="module")
+def reuse_onnx_traces():
+    """Within a test module, trace each (model weights, example input, export arguments) to ONNX once.
+
+    ``torch.onnx.export`` (the dynamo exporter) dominates an export's time; anomalib's ONNX and OpenVINO exports
+    (every precision) start from it. A repeat with the same model, unchanged weights and the same arguments gets a
+    copy of the file the first call wrote (and its external data); everything after the trace (our geometry
+    metadata, OpenVINO conversion, compression, saving, inference) still runs for each export.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    import torch
+
+    export = torch.onnx.export
+    store = Path(tempfile.mkdtemp(prefix="onnx-traces-"))
+    written: dict[tuple, tuple[Path, object]] = {}
+
+    def fingerprint(model: torch.nn.Module, args: tuple, f: str, kwargs: dict) -> tuple:
+        digest = hashlib.sha256()
+        for name, value in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        shapes = tuple((tuple(arg.shape), str(arg.dtype)) for arg in args)
+        return id(model), model.training, digest.hexdigest(), shapes, Path(f).name, repr(sorted(kwargs.items()))
+
+    def traced_once(model, args, f, **kwargs):  # noqa: ANN001, ANN202 - torch.onnx.export's signature
+        key = fingerprint(model, args, f, kwargs)
+        if key not in written:
+            program = export(model, args, f, **kwargs)
+            copy = store / str(len(written))
+            copy.mkdir()
+            for file in Path(f).parent.glob(Path(f).name + "*"):  # model.onnx and its external data, model.onnx.data
+                shutil.copy2(file, copy / file.name)
+            written[key] = (copy, program)
+            return program
+        copy, program = written[key]
+        for file in copy.iterdir():
+            shutil.copy2(file, Path(f).parent / file.name)
+        return program
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.onnx, "export", traced_once)
+        yield written
+    shutil.rmtree(store, ignore_errors=True)
