@@ -87,3 +87,28 @@ def reuse_onnx_traces():
         patch.setattr(torch.onnx, "export", traced_once)
         yield written
     shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def small_bottle_run(mvtec_root, tmp_path_factory):
+    """One tiny Dinomaly trained by anomalib's Engine for two steps on the small bottle copy, shared by the tests that
+    need a finished run: ``checkpoint`` (path), ``model`` (the trained module), ``engine``, ``data`` (its ``root``).
+    Tests read them; none trains or edits them further."""
+    from types import SimpleNamespace
+
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from anomalib_dinomaly import Dinomaly
+    from tests.small_data import make_small_bottle
+
+    root = tmp_path_factory.mktemp("small_bottle_run")
+    data = make_small_bottle(mvtec_root, root / "data")
+    seed_everything(0)
+    model = Dinomaly(**TINY_MODEL, visualizer=False, warmup_steps=1)
+    engine = Engine(accelerator="cpu", max_steps=2, default_root_dir=root / "runs", enable_progress_bar=False)
+    datamodule = MVTecAD(root=data, category="bottle", train_batch_size=4, eval_batch_size=5, num_workers=0)
+    engine.fit(model, datamodule=datamodule)
+    (checkpoint,) = (root / "runs").rglob("*.ckpt")
+    return SimpleNamespace(checkpoint=checkpoint, model=model, engine=engine, data=data)
