@@ -112,3 +112,30 @@ def small_bottle_run(mvtec_root, tmp_path_factory):
     engine.fit(model, datamodule=datamodule)
     (checkpoint,) = (root / "runs").rglob("*.ckpt")
     return SimpleNamespace(checkpoint=checkpoint, model=model, engine=engine, data=data)
+
+
+@pytest.fixture(scope="session")
+def bottle_run(mvtec_root, tmp_path_factory):
+    """One tiny Dinomaly trained by anomalib's Engine on the shared bottle images for the model's own 6 steps (the
+    trainer is given no length; 20 images in batches of 4: one epoch and one more step), then tested once, so its
+    ``report.html`` exists. ``engine``, ``model``, ``datamodule``, ``root`` (the default root), ``results`` (the run's
+    folder), ``report`` (its TestReport callback). Tests may test, predict and validate with it; none trains it."""
+    from types import SimpleNamespace
+
+    import torch
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    from anomalib_dinomaly import Dinomaly
+    from anomalib_dinomaly.report import TestReport
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("bottle_run")
+    model = Dinomaly(**TINY_MODEL, warmup_steps=2, default_max_steps=6)
+    datamodule = MVTecAD(root=mvtec_root, category="bottle", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=root, logger=False)
+    engine.fit(model=model, datamodule=datamodule)
+    engine.test(model=model, datamodule=datamodule)
+    report = next(callback for callback in engine.trainer.callbacks if isinstance(callback, TestReport))
+    return SimpleNamespace(engine=engine, model=model, datamodule=datamodule, root=root,
+                           results=Path(engine.trainer.default_root_dir), report=report)  # fmt: skip
