@@ -19,15 +19,9 @@ def datamodule(root):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, mvtec_root):
+def trained(bottle_run):
     """Six steps, the model's own length (the trainer is given none): one epoch of 5 batches and one more step."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("engine")
-    model = Dinomaly(**TINY_MODEL, warmup_steps=2, default_max_steps=6)
-    engine = Engine(default_root_dir=root, logger=False)
-    data = datamodule(mvtec_root)
-    engine.fit(model=model, datamodule=data)
-    return engine, model, data, root
+    return bottle_run.engine, bottle_run.model, bottle_run.datamodule, bottle_run.root
 
 
 def test_fit_steps_schedule_per_optimizer_step(trained):
