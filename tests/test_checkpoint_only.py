@@ -1,5 +1,6 @@
 """`anomalib test|predict|export --model Dinomaly --ckpt_path X` need nothing but the checkpoint: no model
-arguments, no network; another model's checkpoint, or one whose weights do not fit, gets one clear message."""
+arguments, no network; another model's checkpoint, or one whose weights do not fit, gets one clear message.
+(The export from the checkpoint alone is run by tests/test_export.py::test_cli_int8_static_export.)"""
 
 from __future__ import annotations
 
@@ -104,19 +105,23 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_cli_test_predict_export_from_the_checkpoint_alone(trained, padim_checkpoint, data, tmp_path):
+def test_cli_test_and_predict_from_the_checkpoint_alone(trained, padim_checkpoint, data, tmp_path):
+    """`anomalib test` (metrics and its report.html) and `anomalib predict` on a folder, given only the checkpoint.
+
+    (`anomalib export` from the checkpoint alone: tests/test_export.py::test_cli_int8_static_export; with model
+    arguments beside the checkpoint: tests/test_cli.py.)
+    """
     checkpoint, _ = trained
     mvtec = ["--data", "MVTecAD", "--data.root", str(data), "--data.category", "bottle", "--data.num_workers", "0"]
     for args in (
         ["test", "--model", "Dinomaly", *mvtec, "--ckpt_path", str(checkpoint)],
         ["predict", "--model", "Dinomaly", "--data", str(data / "bottle/test/broken_large"), "--ckpt_path", str(checkpoint)],
-        ["export", "--model", "Dinomaly", "--export_type", "openvino", "--ckpt_path", str(checkpoint), "--export_root", "exported"],
     ):
         result = _cli(args, tmp_path)
         assert result.returncode == 0, f"{args[0]}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         if args[0] == "test":
-            assert "image_AUROC" in result.stdout + result.stderr
-    assert (tmp_path / "exported" / "weights" / "openvino" / "model.xml").is_file()
+            assert "image_AUROC" in result.stdout + result.stderr and "pixel_AUROC" in result.stdout + result.stderr
+            assert len(list((tmp_path / "results").rglob("report.html"))) == 1  # written by `anomalib test`
 
     result = _cli(["test", "--model", "Dinomaly", *mvtec, "--ckpt_path", str(padim_checkpoint)], tmp_path)
     output = " ".join((result.stdout + result.stderr).split())

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from lightning.pytorch import seed_everything
 from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly
@@ -97,15 +95,8 @@ def test_atomic_save_failing_midway_keeps_the_old_file_and_leaves_no_temporary(t
 
 
 @pytest.fixture(scope="module")
-def trained(mvtec_root, tmp_path_factory) -> tuple[Path, Engine]:
-    root = tmp_path_factory.mktemp("checkpoints")
-    data = make_small_bottle(mvtec_root, root / "data")
-    seed_everything(0)
-    engine = Engine(accelerator="cpu", max_steps=2, default_root_dir=root / "runs", enable_progress_bar=False)
-    engine.fit(Dinomaly(**SMALL), datamodule=MVTecAD(root=data, category="bottle", train_batch_size=4,
-                                                      eval_batch_size=5, num_workers=0))  # fmt: skip
-    (checkpoint,) = (root / "runs").rglob("*.ckpt")
-    return checkpoint, engine
+def trained(small_bottle_run) -> tuple[Path, Engine]:
+    return small_bottle_run.checkpoint, small_bottle_run.engine
 
 
 def test_engine_runs_save_atomically(trained):

@@ -53,9 +53,11 @@ def test_every_config_names_the_plugin_class():
 def test_override_switch_never_changes_the_model_a_config_trains():
     assert os.environ.get("ANOMALIB_DINOMALY_OVERRIDE", "1") != "0", "run the suite with the override on"
     with_override = resolved_model_classes(CONFIGS)
+    # the same interpreter also reports what `from anomalib.models import Dinomaly` gives with the switch off
     code = (
         "import sys; from tests.test_configs import resolved_model_classes; "
-        "print(*(f'{path} {cls}' for path, cls in resolved_model_classes(sys.argv[1:]).items()), sep='\\n')"
+        "print(*(f'{path} {cls}' for path, cls in resolved_model_classes(sys.argv[1:]).items()), sep='\\n'); "
+        "from anomalib.models import get_model, Dinomaly; print('anomalib.models.Dinomaly', Dinomaly.__module__)"
     )
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code, *map(str, CONFIGS)],
@@ -67,6 +69,8 @@ def test_override_switch_never_changes_the_model_a_config_trains():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     without_override = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+    # switched off, anomalib's own name is anomalib's built-in model (the CLI side: tests/test_cli.py)
+    assert without_override.pop("anomalib.models.Dinomaly") == "anomalib.models.image.dinomaly.lightning_model"
     assert set(with_override) == set(without_override) == {str(path) for path in CONFIGS}
     for path in CONFIGS:
         plugin = PLUGIN_CLASSES[_model_name(path)]

@@ -21,7 +21,8 @@ from anomalib_dinomaly import Dinomaly2
 from anomalib_dinomaly.deploy import Geometry, read_geometry
 from tests.conftest import TINY_ENCODER
 
-pytestmark = pytest.mark.slow
+# the four exports per encoder start from two traces (dynamic and static size), each traced once
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("reuse_onnx_traces")]
 
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU would otherwise pick bf16 (see NOTES.md)
 ENCODERS = {

@@ -19,14 +19,9 @@ def datamodule(root):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, mvtec_root):
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("engine")
-    model = Dinomaly(**TINY_MODEL, warmup_steps=2)
-    engine = Engine(default_root_dir=root, max_steps=6, logger=False)
-    data = datamodule(mvtec_root)
-    engine.fit(model=model, datamodule=data)
-    return engine, model, data, root
+def trained(bottle_run):
+    """Six steps, the model's own length (the trainer is given none): one epoch of 5 batches and one more step."""
+    return bottle_run.engine, bottle_run.model, bottle_run.datamodule, bottle_run.root
 
 
 def test_fit_steps_schedule_per_optimizer_step(trained):
@@ -42,14 +37,11 @@ def test_fit_steps_schedule_per_optimizer_step(trained):
     assert "/DinomalyPlugin/MVTecAD/bottle/" in str(engine.trainer.default_root_dir)
 
 
-def test_paper_steps_when_user_sets_none(tmp_path, mvtec_root):
-    model = Dinomaly(**TINY_MODEL, default_max_steps=3)
-    engine = Engine(default_root_dir=tmp_path, logger=False)
-    data = datamodule(mvtec_root)
-    engine.fit(model=model, datamodule=data)
-    assert engine.trainer.global_step == 3
-    assert engine.trainer.lr_scheduler_configs[0].scheduler.total_steps == 3
-    # 3 steps end mid-epoch (20 images, batch 4): validation still ran, on the final weights.
+def test_paper_steps_when_user_sets_none(trained):
+    engine, model, data, _ = trained
+    assert engine.trainer.global_step == 6
+    assert engine.trainer.lr_scheduler_configs[0].scheduler.total_steps == 6
+    # 6 steps end mid-epoch (20 images, batch 4): validation still ran, on the final weights.
     statistics = [model.post_processor._image_threshold.clone(), model.post_processor.image_max.clone()]
     assert all(torch.isfinite(value) for value in statistics)
     engine.validate(model=model, datamodule=data)

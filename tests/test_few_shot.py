@@ -254,7 +254,8 @@ def test_cli_few_shot_config(tmp_path, mvtec_root):
 
 @pytest.mark.slow
 def test_dinomaly2_few_shot_from_the_cli_and_with_a_dinov3_encoder(tmp_path, mvtec_root, magnetic_tile_root):
-    """Dinomaly2 with shots: the CLI on both products, and Engine().fit with a patch-16 DINOv3 geometry."""
+    """Dinomaly2 with shots: the CLI on both products (the CLI run of Dinomaly2 by name: its checkpoint and table),
+    and Engine().fit with a patch-16 DINOv3 geometry."""
     data = {
         "class_path": "anomalib_dinomaly.data.MultiClass",
         "init_args": {
@@ -277,10 +278,12 @@ def test_dinomaly2_few_shot_from_the_cli_and_with_a_dinov3_encoder(tmp_path, mvt
     result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
+    assert "max_steps=1" in output
     for category in ("bottle", "magnetic_tile"):
         assert f"Few-shot training: {category} keeps 2 of 20 training images (seed 1)" in output
-    table = CategoryTable.read_csv(tmp_path / "results/Dinomaly2Plugin/MultiClass/unified/v0/per_category_metrics.csv")
-    assert table.categories == ["bottle", "magnetic_tile"]
+    run_dir = tmp_path / "results" / "Dinomaly2Plugin" / "MultiClass" / "unified" / "v0"
+    assert (run_dir / "weights" / "lightning" / "model.ckpt").is_file()
+    assert CategoryTable.read_csv(run_dir / "per_category_metrics.csv").categories == ["bottle", "magnetic_tile"]
 
     torch.manual_seed(0)
     model = Dinomaly2(**TINY_DINOV3_MODEL, warmup_steps=1)

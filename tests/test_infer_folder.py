@@ -10,14 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from anomalib.data import MVTecAD
-from anomalib.engine import Engine
-from lightning.pytorch import seed_everything
 from PIL import Image
-from tests.small_data import make_small_bottle
 
-from anomalib_dinomaly import Dinomaly
-from tests.conftest import REPO, TINY_MODEL
+from tests.conftest import REPO
 
 
 def _example():
@@ -28,16 +23,8 @@ def _example():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(mvtec_root, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("infer_folder")
-    data = make_small_bottle(mvtec_root, root / "data")
-    seed_everything(0)
-    datamodule = MVTecAD(root=data, category="bottle", train_batch_size=4, eval_batch_size=5, num_workers=0)
-    Engine(accelerator="cpu", max_steps=2, default_root_dir=root / "runs", enable_progress_bar=False).fit(
-        Dinomaly(**TINY_MODEL, visualizer=False, warmup_steps=1), datamodule=datamodule
-    )
-    (path,) = (root / "runs").rglob("*.ckpt")
-    return path, data / "bottle"
+def checkpoint(small_bottle_run) -> tuple[Path, Path]:
+    return small_bottle_run.checkpoint, small_bottle_run.data / "bottle"
 
 
 @pytest.fixture

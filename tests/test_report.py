@@ -10,19 +10,15 @@ import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTEC_CATEGORIES
-from anomalib.engine import Engine
 from PIL import Image
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_dinomaly import Dinomaly
 from anomalib_dinomaly.deploy import Geometry, crop_box
 from anomalib_dinomaly.encoder import DinoV2Encoder
 from anomalib_dinomaly.metrics import EXACT_AUPRO, PAPER_METRICS, PAPER_RESULTS
@@ -33,7 +29,7 @@ from anomalib_dinomaly.report.figures import Marker, histogram_svg, pr_curve, ro
 from anomalib_dinomaly.report.overlay import ColourScale, overlay_thumbnail
 from anomalib_dinomaly.report.page import metrics_table_html
 from anomalib_dinomaly.report.run_info import encoder_is_random, paper_comparison
-from tests.conftest import REPO, TINY_ENCODER, TINY_MODEL
+from tests.conftest import REPO, TINY_ENCODER
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
 
@@ -181,16 +177,9 @@ def test_folder_report_sorts_by_score_and_caps_the_gallery(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tested(tmp_path_factory, mvtec_root):
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("report")
-    model = Dinomaly(**TINY_MODEL, warmup_steps=2)
-    data = MVTecAD(root=mvtec_root, category="bottle", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    engine = Engine(default_root_dir=root, max_steps=3, logger=False)
-    engine.fit(model=model, datamodule=data)
-    engine.test(model=model, datamodule=data)
-    report = next(callback for callback in engine.trainer.callbacks if isinstance(callback, TestReport))
-    return SimpleNamespace(engine=engine, model=model, report=report, root=root, results=Path(engine.trainer.default_root_dir))
+def tested(bottle_run):
+    """The shared bottle run (6 steps), tested: its report.html."""
+    return bottle_run
 
 
 @pytest.mark.slow
@@ -202,7 +191,7 @@ def test_report_is_written_beside_the_metrics_with_every_image(tested):
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     row = tested.model.evaluator.table.rows["bottle"]
     assert f"<td>{100 * row['pixel_AUROC']:.1f}</td>" in page
-    assert "training steps</dt><dd>3<" in page and "resize 112x112, center crop 98x98" in page
+    assert "training steps</dt><dd>6<" in page and "resize 112x112, center crop 98x98" in page
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == 11  # 5 good + 6 defective, each in one gallery (galleries hold 6, none repeats an image)
     assert len(set(sources)) == len(sources) and all((tested.results / source).is_file() for source in sources)

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from lightning.pytorch import seed_everything
 from safetensors.torch import save_file
-from tests.small_data import make_small_bottle
 
 from anomalib_dinomaly import Dinomaly, PretrainedWeightsError, from_official_checkpoint
 from anomalib_dinomaly.encoder import load_weights_file
@@ -43,16 +40,8 @@ def malicious(tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def trained(mvtec_root, tmp_path_factory) -> tuple[Path, Dinomaly, Path]:
-    root = tmp_path_factory.mktemp("safe_loading")
-    data = make_small_bottle(mvtec_root, root / "data")
-    seed_everything(0)
-    model = Dinomaly(**SMALL)
-    Engine(accelerator="cpu", max_steps=2, default_root_dir=root / "runs", enable_progress_bar=False).fit(
-        model, datamodule=MVTecAD(root=data, category="bottle", train_batch_size=4, eval_batch_size=5, num_workers=0)
-    )
-    (checkpoint,) = (root / "runs").rglob("*.ckpt")
-    return checkpoint, model, data
+def trained(small_bottle_run) -> tuple[Path, Dinomaly, Path]:
+    return small_bottle_run.checkpoint, small_bottle_run.model, small_bottle_run.data
 
 
 def test_encoder_and_official_weight_files_refuse_code(malicious):
