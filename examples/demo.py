@@ -34,8 +34,6 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def parse_args() -> argparse.Namespace:
-    from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_IMAGE_SIZE  # here: it imports torch
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mvtec_ad"), help="MVTec-layout root")
     parser.add_argument("--category", default="bottle")
@@ -44,8 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder-weights", type=Path, default=None, help="local DINOv2 weights file")
     parser.add_argument("--steps", type=int, default=20, help="training steps (the paper: 5,000 per category)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
-    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE)
+    parser.add_argument("--image-size", type=int, help="resize (default: the encoder's, 448 for ViT/14, 512 for ViT/16)")
+    parser.add_argument("--crop-size", type=int, help="center crop (default: the encoder's, 392 for ViT/14, 448 for ViT/16)")
     return parser.parse_args()
 
 
@@ -119,7 +117,9 @@ def main() -> int:
     torch.manual_seed(0)
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
-    model = Dinomaly(encoder_name=args.encoder, image_size=args.image_size, crop_size=args.crop_size, **weights)
+    sizes = {name: size for name, size in (("image_size", args.image_size), ("crop_size", args.crop_size)) if size}
+    model = Dinomaly(encoder_name=args.encoder, **sizes, **weights)
+    image_size, crop_size = model.hparams.image_size, model.hparams.crop_size
     datamodule = MVTecAD(
         root=args.data, category=args.category, train_batch_size=args.batch_size, eval_batch_size=args.batch_size,
         num_workers=min(4, os.cpu_count() or 1),
@@ -143,7 +143,7 @@ def main() -> int:
             torch_score = model(read_image(image_path, as_tensor=True).unsqueeze(0)).pred_score.item()
         name = f"{image_path.parent.name}_{image_path.stem}"
         cv2.imwrite(str(heatmaps / f"{name}.png"),
-                    heatmap_overlay(image_path, prediction.anomaly_map, args.image_size, args.crop_size))  # fmt: skip
+                    heatmap_overlay(image_path, prediction.anomaly_map, image_size, crop_size))  # fmt: skip
         rows.append({
             "image": f"{image_path.parent.name}/{image_path.name}",
             "openvino_score": float(np.squeeze(prediction.pred_score)),

@@ -24,16 +24,14 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from anomalib_dinomaly.encoder import DEFAULT_CROP_SIZE, DEFAULT_IMAGE_SIZE  # here: it imports torch
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="official state dict (.pth / .safetensors)")
     parser.add_argument("--config", type=Path, default=None, help="JSON with the official architecture keys")
     parser.add_argument("--data", type=Path, required=True, help="MVTec-layout root for the thresholds")
     parser.add_argument("--category", required=True)
     parser.add_argument("--output", type=Path, default=Path("results/official"))
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
-    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE)
+    parser.add_argument("--image-size", type=int, help="resize (default: the encoder's, 448 for ViT/14, 512 for ViT/16)")
+    parser.add_argument("--crop-size", type=int, help="center crop (default: the encoder's, 392 for ViT/14, 448 for ViT/16)")
     return parser.parse_args(argv)
 
 
@@ -57,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib_dinomaly import Dinomaly
 
     config = json.loads(args.config.read_text()) if args.config else None
-    model = Dinomaly.from_official_checkpoint(args.checkpoint, config, image_size=args.image_size, crop_size=args.crop_size)
+    sizes = {name: size for name, size in (("image_size", args.image_size), ("crop_size", args.crop_size)) if size}
+    model = Dinomaly.from_official_checkpoint(args.checkpoint, config, **sizes)
     output = args.output.resolve()
     datamodule = MVTecAD(root=args.data, category=args.category, eval_batch_size=8, num_workers=0)
     engine = Engine(default_root_dir=output / "runs", logger=False)
