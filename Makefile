@@ -7,6 +7,7 @@ DATA ?= ../shared/data/mvtec_ad
 CATEGORY ?= bottle
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 BIN := $(VENV)/bin
 
@@ -22,8 +23,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# Tests run in TEST_WORKERS parallel processes (pytest-xdist, one thread each); TEST_WORKERS=0 runs them in one.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The edit-run loop: everything but the end-to-end runs marked slow (CI runs `make test`).
 test-fast: setup

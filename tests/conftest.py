@@ -13,6 +13,10 @@ MVTEC_ROOT = SHARED / "data" / "mvtec_ad"
 MAGNETIC_TILE_ROOT = SHARED / "data" / "magnetic_tile_defects" / "magnetic_tile"
 GOLDEN = SHARED / "golden" / "official_a"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers share the cores: one thread each, inherited by the CLI and DDP processes they start.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 #: A small random encoder that keeps Dinomaly's structure (4 registers, 8 target layers, 2 groups).
 TINY_ENCODER = {"pretrained": False, "embed_dim": 48, "depth": 10, "num_heads": 3}
 #: That encoder on small inputs (resize 112, crop 98 = 7 x 14): the Dinomaly arguments of the end-to-end tests.
