@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -29,9 +26,9 @@ from anomalib_dinomaly.data import FewShot, MultiClass, ProductFolder, few_shot_
 from anomalib_dinomaly.metrics import CategoryTable
 from anomalib_dinomaly.separated import train_separated
 from tests.conftest import REPO, TINY_MODEL
+from tests.test_cli import ANOMALIB, TINY_ARGS, run
 from tests.test_dinomaly2 import TINY_DINOV3_MODEL
 
-ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
@@ -236,17 +233,14 @@ def test_engine_fit_unified_and_class_separated_with_shots(tmp_path, mvtec_root,
 
 @pytest.mark.slow
 def test_cli_few_shot_config(tmp_path, mvtec_root):
-    tiny = [f"--model.{key}={str(value).lower()}" for key, value in TINY_MODEL.items()]
     args = [
-        ANOMALIB, "train", "--config", str(REPO / "configs" / "dinomaly_fewshot_mvtec.yaml"), *tiny,
+        ANOMALIB, "train", "--config", str(REPO / "configs" / "dinomaly_fewshot_mvtec.yaml"), *TINY_ARGS,
         "--data.root", str(mvtec_root), "--data.categories", "[bottle]", "--data.shots", "2",
         "--data.train_batch_size", "2", "--data.eval_batch_size", "11", "--data.num_workers", "0",
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.accelerator", "cpu",
         "--trainer.logger", "false", "--default_root_dir", "results",
     ]  # fmt: skip
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    output = run(args, cwd=tmp_path, timeout=400)
     assert "Few-shot training: bottle keeps 2 of 20 training images (seed 1)" in output
     table = CategoryTable.read_csv(tmp_path / "results/DinomalyPlugin/MVTecAD/unified/v0/per_category_metrics.csv")
     assert table.categories == ["bottle"]
@@ -269,15 +263,12 @@ def test_dinomaly2_few_shot_from_the_cli_and_with_a_dinov3_encoder(tmp_path, mvt
         },
     }
     (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": data}))
-    tiny = [f"--model.{key}={str(value).lower()}" for key, value in TINY_MODEL.items()]
     args = [
-        ANOMALIB, "train", "--model", "Dinomaly2", *tiny, "--config", "data.yaml", "--data.shots", "2",
+        ANOMALIB, "train", "--model", "Dinomaly2", *TINY_ARGS, "--config", "data.yaml", "--data.shots", "2",
         "--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--trainer.check_val_every_n_epoch", "null",
         "--trainer.logger", "false", "--default_root_dir", "results",
     ]  # fmt: skip
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    output = run(args, cwd=tmp_path, timeout=400)
     assert "max_steps=1" in output
     for category in ("bottle", "magnetic_tile"):
         assert f"Few-shot training: {category} keeps 2 of 20 training images (seed 1)" in output
